@@ -1,0 +1,49 @@
+"""The Flask app factory: ``create_app(settings)`` wires settings, database, Celery, logging,
+Sentry, metrics, error handlers and the blueprints. Nothing connects until a request needs it."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from flask import Flask, Response, g, request
+
+from llmq.api import jobs, ops
+from llmq.api.errors import register_error_handlers
+from llmq.api.metrics import init_metrics
+from llmq.logs import configure_logging, init_sentry
+from llmq.models.db import Database
+from llmq.settings import Settings, get_settings
+from llmq.tasks.app import configure_celery
+from llmq.workers.providers.registry import ProviderRegistry
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    init_sentry(settings.sentry_dsn, component="api")
+    app = Flask("llmq")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    db = Database(settings.database_url, pool_size=10, max_overflow=20)
+    app.extensions["llmq.settings"] = settings
+    app.extensions["llmq.db"] = db
+    app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)
+    configure_celery(settings)
+
+    @app.before_request
+    def _bind_request_id() -> None:
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    def _return_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    init_metrics(app, db)
+    register_error_handlers(app)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(ops.bp)
+    return app

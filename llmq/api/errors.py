@@ -1,0 +1,77 @@
+"""JSON errors for everything: ``{"error": {"type", "message"}}`` with the right status, never an
+HTML page or a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+logger = structlog.get_logger(__name__)
+
+HTTP_ERROR_TYPES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, *, type: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type or HTTP_ERROR_TYPES.get(status, "error")
+        self.message = message
+        self.details = details
+
+
+def error_response(status: int, type: str, message: str, details: Any = None) -> Response:
+    body: dict[str, Any] = {"type": type, "message": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify({"error": body})
+    response.status_code = status
+    return response
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, object]]:
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.type, exc.message, exc.details)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError) -> Response:
+        details = validation_details(exc)
+        first = details[0] if details else {"loc": "", "msg": "invalid"}
+        where = f"{first['loc']}: " if first["loc"] else ""
+        return error_response(422, "validation_error", f"{where}{first['msg']}", details)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return error_response(status, HTTP_ERROR_TYPES.get(status, "error"), exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        logger.exception("unhandled_error", error=type(exc).__name__)
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,220 @@
+"""``/v1/jobs`` and ``/status/<id>``: validate, call one domain function, shape the answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+import structlog
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from sqlalchemy import delete, select
+
+from llmq.api.auth import require_tenant
+from llmq.api.errors import ApiError
+from llmq.api.schemas import JobCreate, JobListQuery
+from llmq.models.base import utcnow
+from llmq.models.tables import Attempt, Job, job_public
+from llmq.models.transitions import (
+    IdempotencyConflict,
+    JobAlreadyEnded,
+    JobNotFound,
+    NewJob,
+    cancel_job,
+    create_job,
+    get_job,
+)
+from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+
+logger = structlog.get_logger(__name__)
+bp = Blueprint("jobs", __name__)
+
+JSON_TYPES = {"", "application/json", "application/x-www-form-urlencoded"}
+
+
+def _json_body() -> Any:
+    """The request's JSON. curl's ``-d`` sends form-urlencoded by default, so a body sent that way
+    is read as JSON too; any other explicit content type is a 415."""
+    if request.mimetype not in JSON_TYPES and not request.mimetype.endswith("+json"):
+        raise ApiError(415, f"send JSON (Content-Type: application/json), not {request.mimetype}")
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ApiError(400, "the request body is empty; send a JSON object", type="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", type="invalid_json") from None
+
+
+def _settings() -> Any:
+    return current_app.extensions["llmq.settings"]
+
+
+def _db() -> Any:
+    return current_app.extensions["llmq.db"]
+
+
+@bp.post("/v1/jobs")
+@require_tenant
+def submit() -> tuple[Response, int, dict[str, str]]:
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise ApiError(422, "the request body must be a JSON object", type="validation_error")
+    spec = JobCreate.model_validate(body)
+    settings = _settings()
+    model = spec.model or settings.default_model
+    registry = current_app.extensions["llmq.registry"]
+    if not registry.is_known(model):
+        raise ApiError(
+            422,
+            f"unknown provider in model {model!r}; known providers: {', '.join(sorted(registry.known_providers()))}",
+            type="validation_error",
+        )
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
+        raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")
+    new = NewJob(
+        model=model,
+        messages=spec.message_dicts(),
+        max_tokens=spec.max_tokens,
+        temperature=float(spec.temperature) if spec.temperature is not None else None,
+        user=spec.user,
+        webhook_url=str(spec.webhook_url) if spec.webhook_url else None,
+        metadata=spec.metadata,
+        timeout_s=float(spec.timeout_s) if spec.timeout_s is not None else None,
+    )
+    try:
+        with _db().transaction() as session:
+            job, created = create_job(
+                session,
+                tenant_id=g.tenant.id,
+                new=new,
+                now=utcnow(),
+                max_attempts=settings.max_attempts,
+                idempotency_key=idempotency_key,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+            )
+            payload = job_public(job)
+    except IdempotencyConflict:
+        raise ApiError(
+            409, "this Idempotency-Key was already used with a different request", type="idempotency_conflict"
+        ) from None
+    location = url_for("jobs.read", job_id=payload["id"])
+    if not created:
+        return jsonify(payload), 200, {"Location": location}
+    # The row is committed: now the broker. If it cannot take the job, nothing would ever run it,
+    # so the job is removed again and the client told to retry.
+    try:
+        enqueue_job(payload["id"])
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        logger.warning("enqueue_failed", job_id=payload["id"], error=type(exc).__name__)
+        with _db().transaction() as session:
+            session.execute(delete(Job).where(Job.id == payload["id"]))
+        raise ApiError(503, "the job queue is unavailable; retry shortly", type="unavailable") from None
+    logger.info("job_submitted", job_id=payload["id"], model=model)
+    return jsonify(payload), 202, {"Location": location}
+
+
+@bp.get("/v1/jobs/<job_id>")
+@require_tenant
+def read(job_id: str) -> Response:
+    with _db().session() as session:
+        try:
+            return jsonify(job_public(get_job(session, g.tenant.id, job_id)))
+        except JobNotFound:
+            raise ApiError(404, f"no job {job_id!r}") from None
+
+
+@bp.get("/status/<job_id>")
+@require_tenant
+def status(job_id: str) -> Response:
+    return read(job_id)
+
+
+@bp.get("/v1/jobs/<job_id>/attempts")
+@require_tenant
+def attempts(job_id: str) -> Response:
+    with _db().session() as session:
+        try:
+            get_job(session, g.tenant.id, job_id)
+        except JobNotFound:
+            raise ApiError(404, f"no job {job_id!r}") from None
+        rows = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
+        from llmq.models.base import isoformat
+
+        data = [
+            {
+                "number": a.number,
+                "provider": a.provider,
+                "model": a.model,
+                "started_at": isoformat(a.started_at),
+                "ended_at": isoformat(a.ended_at),
+                "outcome": a.outcome,
+                "error_type": a.error_type,
+                "error_message": a.error_message,
+                "http_status": a.http_status,
+                "latency_ms": a.latency_ms,
+                "retry_after_s": a.retry_after_s,
+            }
+            for a in rows
+        ]
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+@require_tenant
+def cancel(job_id: str) -> Response:
+    try:
+        with _db().transaction() as session:
+            transition = cancel_job(session, tenant_id=g.tenant.id, job_id=job_id, now=utcnow())
+            assert transition.job is not None
+            payload = job_public(transition.job)
+    except JobNotFound:
+        raise ApiError(404, f"no job {job_id!r}") from None
+    except JobAlreadyEnded as exc:
+        raise ApiError(409, f"job {job_id} already ended as {exc.status}", type="job_already_ended") from None
+    for event_id in transition.event_ids:
+        try:
+            enqueue_webhook(event_id)
+        except Exception:  # the sweeper delivers events that no message carries
+            logger.warning("webhook_enqueue_failed", event_id=event_id)
+    logger.info("job_cancelled", job_id=job_id)
+    return jsonify(payload)
+
+
+@bp.get("/v1/jobs")
+@require_tenant
+def list_jobs() -> Response:
+    query = JobListQuery.model_validate(request.args.to_dict())
+    stmt = select(Job).where(Job.tenant_id == g.tenant.id)
+    if query.status:
+        stmt = stmt.where(Job.status == query.status)
+    if query.cursor:
+        created_at, last_id = _decode_cursor(query.cursor)
+        stmt = stmt.where(
+            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < last_id))
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(query.limit + 1)
+    with _db().session() as session:
+        jobs = list(session.scalars(stmt))
+    has_more = len(jobs) > query.limit
+    jobs = jobs[: query.limit]
+    next_cursor = _encode_cursor(jobs[-1]) if has_more else None
+    return jsonify(
+        {"object": "list", "data": [job_public(j) for j in jobs], "has_more": has_more, "next_cursor": next_cursor}
+    )
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "invalid cursor", type="validation_error") from None

@@ -1,0 +1,52 @@
+"""Operations endpoints: liveness, readiness (database and broker), metrics, the OpenAPI spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import text
+
+from llmq.api.metrics import render_metrics
+from llmq.api.openapi import build_openapi
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/health")
+def health() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> tuple[Response, int]:
+    checks: dict[str, str] = {}
+    try:
+        with current_app.extensions["llmq.db"].session() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means "not reachable"
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        settings: Any = current_app.extensions["llmq.settings"]
+        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return render_metrics(current_app)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(build_openapi())

@@ -1,0 +1,139 @@
+"""Request and response bodies of the HTTP API, as pydantic models. They validate input and
+generate ``/openapi.json``; nothing else describes the API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+MAX_PROMPT_CHARS = 100_000
+MODEL_PATTERN = r"^[a-z0-9][a-z0-9_-]*/\S+$"
+JobStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+
+
+class JobCreate(BaseModel):
+    """``POST /v1/jobs``. Exactly one of ``messages`` and ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: Annotated[list[Message], Field(min_length=1, max_length=1000)] | None = None
+    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    model: Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
+    temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] | None = None
+    webhook_url: AnyHttpUrl | None = None
+    metadata: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[StrictStr, Field(max_length=512)]] = Field(
+        default_factory=dict, max_length=16
+    )
+    user: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
+    timeout_s: Annotated[StrictInt | StrictFloat, Field(gt=0, le=86_400)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_prompt_or_messages(self) -> JobCreate:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt'")
+        return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _short_url(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if value is not None and len(str(value)) > 2048:
+            raise ValueError("webhook_url is longer than 2048 characters")
+        return value
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        if self.prompt is not None:
+            return [{"role": "user", "content": self.prompt}]
+        assert self.messages is not None
+        return [m.model_dump() for m in self.messages]
+
+
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatusName | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class Result(BaseModel):
+    text: str
+    finish_reason: str | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatusName
+    model: str
+    served_by: str | None
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    attempts: int
+    progress: float
+    result: Result | None
+    usage: Usage | None
+    cost_usd: float | None
+    error: JobError | None
+    metadata: dict[str, str]
+    webhook_url: str | None
+    next_attempt_at: str | None
+    wait_reason: str | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    details: list[dict[str, object]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, StrictStr]
+
+

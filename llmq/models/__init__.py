@@ -1,0 +1,17 @@
+"""SQLAlchemy models and the job state machine: the database is the source of truth."""
+
+from llmq.models.base import Base
+from llmq.models.state import JobStatus
+from llmq.models.tables import ApiKey, Attempt, Job, Tenant, WebhookDelivery, WebhookEvent, job_public
+
+__all__ = [
+    "ApiKey",
+    "Attempt",
+    "Base",
+    "Job",
+    "JobStatus",
+    "Tenant",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "job_public",
+]

@@ -1,0 +1,59 @@
+"""Engine and session handling: one ``Database`` per process, explicit transaction boundaries.
+
+Nothing connects at import. Forked worker processes call :meth:`Database.dispose` so no
+connection is shared across a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+        if url.startswith("sqlite"):
+            _ensure_sqlite_dir(url)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any exception."""
+        with self.sessionmaker.begin() as session:
+            yield session
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read-only look (no commit)."""
+        with self.sessionmaker() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose(close=False)
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

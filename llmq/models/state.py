@@ -1,0 +1,64 @@
+"""The job state machine.
+
+::
+
+    queued ──claim──▶ processing ──▶ completed
+      ▲  │                │  │
+      │  │                │  └──────▶ failed
+      │  │                └─ retry ──▶ queued (next_attempt_at set)
+      │  └──────────────────────────▶ cancelled
+      └─ (from processing, too) ───▶ cancelled
+
+A final state is never left. Every transition in ``transitions.py`` is a compare-and-set on the
+expected current status, so a duplicate task delivery or a late worker changes nothing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.PROCESSING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus | str, target: JobStatus | str) -> bool:
+    return JobStatus(target) in ALLOWED_TRANSITIONS[JobStatus(current)]
+
+
+class WebhookEventStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (due at next_attempt_at)
+    DELIVERED = "delivered"  # a 2xx answer was received
+    EXHAUSTED = "exhausted"  # every attempt of the schedule failed
+    STOPPED = "stopped"  # the receiver answered 410 Gone: never retried
+
+
+class AttemptOutcome(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    RETRYABLE_ERROR = "retryable_error"
+    PERMANENT_ERROR = "permanent_error"
+    DISCARDED = "discarded"  # the job ended (e.g. cancelled) while the call was in flight
+    LOST = "lost"  # the worker vanished; found by the sweeper

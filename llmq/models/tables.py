@@ -1,0 +1,198 @@
+"""The tables: tenants and their API keys, jobs, provider attempts, webhook events and deliveries.
+
+The database is the source of truth for every job; the broker only carries job ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from llmq.models.base import Base, JSONType, utcnow
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """Only the SHA-256 of a key is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(24))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+
+    # --- the request ---------------------------------------------------------------------------
+    model: Mapped[str] = mapped_column(String(200))
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSONType)
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    end_user: Mapped[str | None] = mapped_column("user", String(128))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    deadline_at: Mapped[datetime | None]
+
+    # --- progress and outcome ------------------------------------------------------------------
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    served_by: Mapped[str | None] = mapped_column(String(200))
+    result_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # --- scheduling: who holds it, when it runs next -------------------------------------------
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+    lease_expires_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    wait_reason: Mapped[str | None] = mapped_column(String(32))
+    enqueued_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Attempt(Base):
+    """One row per provider call, written before the call starts and finished after it ends."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_job_attempts_job_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(32), default="running")
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    retry_after_s: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class WebhookEvent(Base):
+    """One event per job and final state; its id is the ``webhook-id`` of every delivery."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "type", name="uq_webhook_events_job_type"),
+        Index("ix_webhook_events_status_next_attempt", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the exact body sent on every attempt
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The job object of the API (SPEC "Read"): used by the API, webhooks and the CLI alike."""
+    from llmq.models.base import isoformat
+
+    usage = None
+    if job.prompt_tokens is not None or job.completion_tokens is not None:
+        usage = {
+            "prompt_tokens": job.prompt_tokens or 0,
+            "completion_tokens": job.completion_tokens or 0,
+            "total_tokens": job.total_tokens or 0,
+        }
+    result = None
+    if job.status == "completed":
+        result = {"text": job.result_text or "", "finish_reason": job.finish_reason}
+    error = None
+    if job.error_type:
+        error = {"type": job.error_type, "message": job.error_message or ""}
+    return {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "served_by": job.served_by,
+        "created_at": isoformat(job.created_at),
+        "started_at": isoformat(job.started_at),
+        "completed_at": isoformat(job.completed_at),
+        "attempts": job.attempts,
+        "progress": job.progress,
+        "result": result,
+        "usage": usage,
+        "cost_usd": float(job.cost_usd) if job.cost_usd is not None else None,
+        "error": error,
+        "metadata": job.metadata_ or {},
+        "webhook_url": job.webhook_url,
+        "next_attempt_at": isoformat(job.next_attempt_at),
+        "wait_reason": job.wait_reason,
+    }

@@ -1,0 +1,447 @@
+"""Every change of a job's state, as compare-and-set updates inside the caller's transaction.
+
+The API, the CLI and the tasks all call these functions, so no rule lives in two places.
+A transition that finds the job in another state than it expects changes nothing and says so:
+that is what makes a duplicate task delivery, a late worker or a cancel race harmless.
+Webhook events are written in the same transaction as the final state (an outbox): the caller
+enqueues their delivery after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from llmq.models.base import isoformat, new_id
+from llmq.models.state import ACTIVE_STATUSES, AttemptOutcome, JobStatus, WebhookEventStatus
+from llmq.models.tables import Attempt, Job, WebhookEvent, job_public
+
+EVENT_TYPES = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+
+
+class JobNotFound(LookupError):
+    """No such job for this tenant (another tenant's job is not found either)."""
+
+
+class JobAlreadyEnded(Exception):
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} already ended as {job.status}")
+        self.job_id = job.id
+        self.status = job.status
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__("Idempotency-Key reused with a different request")
+        self.job = job
+
+
+@dataclass(frozen=True)
+class NewJob:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    user: str | None = None
+    webhook_url: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(
+            {
+                "model": self.model,
+                "messages": self.messages,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "user": self.user,
+                "webhook_url": self.webhook_url,
+                "metadata": self.metadata,
+                "timeout_s": self.timeout_s,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to make one provider call; plain data, safe to pass between threads."""
+
+    job_id: str
+    tenant_id: str
+    lease_token: str
+    attempt_number: int
+    max_attempts: int
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None
+    temperature: float | None
+    user: str | None
+    deadline_at: datetime | None
+
+
+@dataclass
+class TransitionResult:
+    """The outcome of a transition: the job as it now is, and webhook events to enqueue."""
+
+    job: Job | None
+    applied: bool
+    event_ids: list[str] = field(default_factory=list)
+
+
+# --- submit ---------------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    new: NewJob,
+    now: datetime,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    idempotency_ttl_s: int = 86400,
+) -> tuple[Job, bool]:
+    """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
+    replay. The unique constraint on (tenant, key), not a read-then-write, settles races."""
+    fingerprint = new.fingerprint()
+    for _ in range(3):
+        job = Job(
+            id=new_id("job_"),
+            tenant_id=tenant_id,
+            status=JobStatus.QUEUED.value,
+            model=new.model,
+            messages=new.messages,
+            max_tokens=new.max_tokens,
+            temperature=new.temperature,
+            end_user=new.user,
+            webhook_url=new.webhook_url,
+            metadata_=new.metadata,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            max_attempts=max_attempts,
+            deadline_at=now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
+            attempts=0,
+            progress=0.0,
+            enqueued_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        if idempotency_key is None:
+            session.add(job)
+            session.flush()
+            return job, True
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = session.scalars(
+                select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+            ).first()
+            if existing is None:  # deleted between the insert and the read: try again
+                continue
+            if existing.created_at < now - timedelta(seconds=idempotency_ttl_s):
+                existing.idempotency_key = None  # expired: the key is free again
+                session.flush()
+                continue
+            if existing.request_fingerprint != fingerprint:
+                raise IdempotencyConflict(existing) from None
+            return existing, False
+        else:
+            return job, True
+    raise RuntimeError("could not settle the Idempotency-Key after 3 tries")
+
+
+def mark_enqueued(session: Session, job_id: str, now: datetime) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise JobNotFound(job_id)
+    return job
+
+
+# --- worker side ----------------------------------------------------------------------------------
+
+
+def claim_job(
+    session: Session,
+    job_id: str,
+    *,
+    lease_token: str,
+    lease_s: float,
+    worker: str | None,
+    now: datetime,
+    early_s: float = 0.5,
+) -> ClaimedJob | None:
+    """``queued → processing`` for one attempt, if the job is queued and due. ``None`` otherwise
+    (already running elsewhere, ended, cancelled, or a retry that is not due yet)."""
+    due_by = now + timedelta(seconds=early_s)
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.QUEUED.value,
+            (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= due_by),
+        )
+        .values(
+            status=JobStatus.PROCESSING.value,
+            attempts=Job.attempts + 1,
+            lease_token=lease_token,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            next_attempt_at=None,
+            wait_reason=None,
+            updated_at=now,
+        )
+        .returning(
+            Job.tenant_id,
+            Job.attempts,
+            Job.max_attempts,
+            Job.model,
+            Job.messages,
+            Job.max_tokens,
+            Job.temperature,
+            Job.end_user,
+            Job.deadline_at,
+            Job.started_at,
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return None
+    if row.started_at is None:
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=now))
+    provider = row.model.split("/", 1)[0]
+    session.add(
+        Attempt(
+            job_id=job_id,
+            number=row.attempts,
+            provider=provider,
+            model=row.model,
+            worker=worker,
+            started_at=now,
+            outcome=AttemptOutcome.RUNNING.value,
+        )
+    )
+    return ClaimedJob(
+        job_id=job_id,
+        tenant_id=row.tenant_id,
+        lease_token=lease_token,
+        attempt_number=row.attempts,
+        max_attempts=row.max_attempts,
+        model=row.model,
+        messages=row.messages,
+        max_tokens=row.max_tokens,
+        temperature=row.temperature,
+        user=row.end_user,
+        deadline_at=row.deadline_at,
+    )
+
+
+@dataclass(frozen=True)
+class CallResult:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    served_by: str
+    cost_usd: Decimal | None
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    error_type: str
+    message: str
+    http_status: int | None
+    retry_after_s: float | None
+    latency_ms: int
+    retryable: bool
+
+
+def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> None:
+    session.execute(
+        update(Attempt)
+        .where(Attempt.job_id == claim.job_id, Attempt.number == claim.attempt_number)
+        .values(ended_at=now, **values)
+    )
+
+
+def _holds_lease(claim: ClaimedJob) -> Any:
+    return (
+        (Job.id == claim.job_id)
+        & (Job.status == JobStatus.PROCESSING.value)
+        & (Job.lease_token == claim.lease_token)
+    )
+
+
+def complete_job(
+    session: Session, claim: ClaimedJob, result: CallResult, now: datetime
+) -> TransitionResult:
+    """``processing → completed`` if this worker still holds the job; else the result is discarded."""
+    applied = session.execute(
+        update(Job)
+        .where(_holds_lease(claim))
+        .values(
+            status=JobStatus.COMPLETED.value,
+            result_text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+            cost_usd=result.cost_usd,
+            served_by=result.served_by,
+            progress=1.0,
+            error_type=None,
+            error_message=None,
+            lease_token=None,
+            lease_expires_at=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    _finish_attempt(
+        session,
+        claim,
+        now,
+        outcome=(AttemptOutcome.SUCCESS if applied else AttemptOutcome.DISCARDED).value,
+        http_status=200,
+        latency_ms=result.latency_ms,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+    if not applied:
+        return TransitionResult(job=None, applied=False)
+    return _ended(session, claim.job_id, JobStatus.COMPLETED, now)
+
+
+def fail_attempt(
+    session: Session,
+    claim: ClaimedJob,
+    failure: CallFailure,
+    now: datetime,
+    *,
+    retry_at: datetime | None,
+    wait_reason: str | None = None,
+    enqueued: bool = False,
+) -> TransitionResult:
+    """Record a failed call; put the job back to ``queued`` for ``retry_at``, or fail it."""
+    outcome = AttemptOutcome.RETRYABLE_ERROR if failure.retryable else AttemptOutcome.PERMANENT_ERROR
+    common = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
+    if retry_at is not None:
+        values: dict[str, Any] = {
+            "status": JobStatus.QUEUED.value,
+            "next_attempt_at": retry_at,
+            "wait_reason": wait_reason,
+            # None: parked in the database until the sweeper enqueues it when due.
+            "enqueued_at": now if enqueued else None,
+            "error_type": failure.error_type,
+            "error_message": failure.message,
+            **common,
+        }
+    else:
+        values = {
+            "status": JobStatus.FAILED.value,
+            "error_type": failure.error_type,
+            "error_message": failure.message,
+            "completed_at": now,
+            **common,
+        }
+    applied = session.execute(
+        update(Job).where(_holds_lease(claim)).values(**values).execution_options(
+            synchronize_session=False
+        )
+    ).rowcount == 1
+    _finish_attempt(
+        session,
+        claim,
+        now,
+        outcome=(outcome if applied else AttemptOutcome.DISCARDED).value,
+        error_type=failure.error_type,
+        error_message=failure.message[:2000],
+        http_status=failure.http_status,
+        retry_after_s=failure.retry_after_s,
+        latency_ms=failure.latency_ms,
+    )
+    if not applied:
+        return TransitionResult(job=None, applied=False)
+    if retry_at is not None:
+        return TransitionResult(job=session.get(Job, claim.job_id), applied=True)
+    return _ended(session, claim.job_id, JobStatus.FAILED, now)
+
+
+# --- API side -------------------------------------------------------------------------------------
+
+
+def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) -> TransitionResult:
+    """``queued|processing → cancelled``. A worker still calling the provider loses its lease, so
+    its answer, when it comes, is discarded by the compare-and-set in :func:`complete_job`."""
+    applied = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.tenant_id == tenant_id,
+            Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+        )
+        .values(
+            status=JobStatus.CANCELLED.value,
+            error_type="cancelled",
+            error_message="cancelled by request",
+            lease_token=None,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            wait_reason=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if not applied:
+        job = get_job(session, tenant_id, job_id)  # raises JobNotFound
+        raise JobAlreadyEnded(job)
+    return _ended(session, job_id, JobStatus.CANCELLED, now)
+
+
+def _ended(session: Session, job_id: str, status: JobStatus, now: datetime) -> TransitionResult:
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    event_ids: list[str] = []
+    if job.webhook_url:
+        event = WebhookEvent(
+            id=new_id("msg_"),
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            type=EVENT_TYPES[status],
+            url=job.webhook_url,
+            payload=json.dumps(
+                {"type": EVENT_TYPES[status], "timestamp": isoformat(now), "data": job_public(job)},
+                separators=(",", ":"),
+            ),
+            status=WebhookEventStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(event)
+        event_ids.append(event.id)
+    return TransitionResult(job=job, applied=True, event_ids=event_ids)

@@ -1,0 +1,113 @@
+"""Webhook events on the database side: who sends an event next, and what each attempt gave.
+
+An event is claimed for one send by pushing its ``next_attempt_at`` past the send's timeout
+(compare-and-set), so two deliveries of the same task never POST the same attempt twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from llmq.models.state import WebhookEventStatus
+from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
+
+
+@dataclass(frozen=True)
+class EventToSend:
+    event_id: str
+    url: str
+    payload: str
+    secret: str
+    attempt: int  # 1-based number of this attempt
+
+
+def claim_event(
+    session: Session, event_id: str, *, now: datetime, hold_s: float, early_s: float = 0.5
+) -> EventToSend | None:
+    row = session.execute(
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.id == event_id,
+            WebhookEvent.status == WebhookEventStatus.PENDING.value,
+            WebhookEvent.next_attempt_at <= now + timedelta(seconds=early_s),
+        )
+        .values(
+            attempts=WebhookEvent.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=hold_s),
+            updated_at=now,
+        )
+        .returning(WebhookEvent.url, WebhookEvent.payload, WebhookEvent.tenant_id, WebhookEvent.attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return None
+    secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == row.tenant_id))
+    assert secret is not None
+    return EventToSend(
+        event_id=event_id, url=row.url, payload=row.payload, secret=secret, attempt=row.attempts
+    )
+
+
+def record_delivery(
+    session: Session,
+    event: EventToSend,
+    *,
+    now: datetime,
+    status_code: int | None,
+    latency_ms: int,
+    error: str | None,
+    success: bool,
+    next_attempt_at: datetime | None,
+    stop: bool = False,
+) -> str:
+    """Write the attempt and move the event on. Returns the event's new status."""
+    session.add(
+        WebhookDelivery(
+            event_id=event.event_id,
+            attempt=event.attempt,
+            attempted_at=now,
+            status_code=status_code,
+            latency_ms=latency_ms,
+            success=success,
+            error=error[:2000] if error else None,
+        )
+    )
+    if success:
+        status = WebhookEventStatus.DELIVERED
+    elif stop:
+        status = WebhookEventStatus.STOPPED
+    elif next_attempt_at is None:
+        status = WebhookEventStatus.EXHAUSTED
+    else:
+        status = WebhookEventStatus.PENDING
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event.event_id)
+        .values(
+            status=status.value,
+            last_status_code=status_code,
+            delivered_at=now if success else None,
+            next_attempt_at=next_attempt_at if status is WebhookEventStatus.PENDING else None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return status.value
+
+
+def due_events(session: Session, *, now: datetime, limit: int = 500) -> list[str]:
+    return list(
+        session.scalars(
+            select(WebhookEvent.id)
+            .where(
+                WebhookEvent.status == WebhookEventStatus.PENDING.value,
+                WebhookEvent.next_attempt_at <= now,
+            )
+            .order_by(WebhookEvent.next_attempt_at)
+            .limit(limit)
+        )
+    )

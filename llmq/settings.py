@@ -1,0 +1,155 @@
+"""The one settings object: read from the environment, shared by Flask, Celery, the CLI and tests.
+
+Tests build their own ``Settings(...)`` and pass it in; nothing reads the environment at import time
+except through :func:`get_settings`, which is called by entry points (CLI, Celery worker boot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PROVIDERS_FILE = Path(__file__).with_name("providers.default.toml")
+_EXTRA_PROVIDER_ENV = re.compile(r"^LLMQ_PROVIDER_([A-Z0-9_]+)_BASE_URL$")
+
+
+class OpenAICompatibleEndpoint(BaseModel):
+    """A named OpenAI-compatible server (vLLM, Ollama, llama.cpp): models ``<name>/<model>``."""
+
+    base_url: str
+    api_key: str = "not-needed"
+
+
+def _webhook_schedule(raw: str | list[float]) -> list[float]:
+    if isinstance(raw, list):
+        return [float(x) for x in raw]
+    return [float(part) for part in raw.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    """Every knob of llmq. Environment names are the field names upper-cased with ``LLMQ_``,
+    except the conventional ones (``DATABASE_URL``, ``REDIS_URL``, provider keys, ``SENTRY_DSN``,
+    ``FLOWER_PORT``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", populate_by_name=True)
+
+    # --- where things live -------------------------------------------------------------------
+    database_url: str = Field(
+        default="sqlite:///var/llmq.db",
+        validation_alias=AliasChoices("DATABASE_URL", "LLMQ_DATABASE_URL"),
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "LLMQ_REDIS_URL")
+    )
+    var_dir: Path = Path("var")
+
+    # --- providers -----------------------------------------------------------------------------
+    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    extra_providers: dict[str, OpenAICompatibleEndpoint] = Field(default_factory=dict)
+    simulator_url: str = "http://127.0.0.1:8100"
+    simulator_port: int = 8100
+    providers_file: Path = DEFAULT_PROVIDERS_FILE
+    default_model: str = "openai/gpt-4o-mini"
+    default_max_tokens: int = 1024  # Anthropic requires max_tokens; used when a job gives none
+    provider_timeout_s: float = 120.0
+    provider_connect_timeout_s: float = 5.0
+    provider_max_connections: int = 1000
+
+    # --- retries -------------------------------------------------------------------------------
+    max_attempts: int = 5
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    # A wait up to this long is scheduled as a Celery countdown; longer ones park in the database.
+    max_countdown_s: float = 300.0
+
+    # --- webhooks ------------------------------------------------------------------------------
+    webhook_timeout_s: float = 10.0
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    )
+
+    # --- workers and queue ---------------------------------------------------------------------
+    worker_concurrency: int = 100
+    webhook_worker_concurrency: int = 20
+    job_time_limit_s: int = 900
+    visibility_timeout_s: int = 3600
+    sweep_interval_s: float = 5.0
+    lease_s: float = 60.0
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = "http://127.0.0.1:8000"
+    flower_port: int = Field(default=5555, validation_alias=AliasChoices("FLOWER_PORT", "LLMQ_FLOWER_PORT"))
+    flower_basic_auth: str | None = Field(
+        default=None, validation_alias=AliasChoices("FLOWER_BASIC_AUTH", "LLMQ_FLOWER_BASIC_AUTH")
+    )
+    max_body_bytes: int = 1_000_000
+    idempotency_ttl_s: int = 86400
+
+    # --- observability -------------------------------------------------------------------------
+    sentry_dsn: str | None = Field(default=None, validation_alias=AliasChoices("SENTRY_DSN", "LLMQ_SENTRY_DSN"))
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: str | list[float]) -> list[float]:
+        schedule = _webhook_schedule(value)
+        if not schedule or any(s < 0 for s in schedule):
+            raise ValueError("must be a comma-separated list of non-negative seconds")
+        return schedule
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        # Plain postgres URLs select psycopg 3, the driver we ship.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        if not self.extra_providers:
+            self.extra_providers = _extra_providers_from_env()
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when some built-in provider has no key: that provider goes to the simulator."""
+        return not (self.openai_api_key and self.anthropic_api_key)
+
+
+def _extra_providers_from_env() -> dict[str, OpenAICompatibleEndpoint]:
+    found: dict[str, OpenAICompatibleEndpoint] = {}
+    for key, value in os.environ.items():
+        match = _EXTRA_PROVIDER_ENV.match(key)
+        if match and value:
+            name = match.group(1).lower()
+            api_key = os.environ.get(f"LLMQ_PROVIDER_{match.group(1)}_API_KEY") or "not-needed"
+            found[name] = OpenAICompatibleEndpoint(base_url=value, api_key=api_key)
+    return found
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, for entry points. Tests construct ``Settings`` directly."""
+    return Settings()

@@ -1,0 +1,106 @@
+"""The Celery app, configured from the one Settings object.
+
+``celery_app`` exists at import without touching the broker; its configuration is computed
+lazily from the environment (for ``celery -A llmq.tasks.app worker``) unless
+:func:`configure_celery` was given a Settings first (the API and the tests do that).
+
+Queues: ``llm`` carries ``llmq.generate``; ``webhooks`` carries ``llmq.deliver_webhook`` and
+``llmq.sweep``, so a slow webhook receiver never holds an LLM worker slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+from kombu import Queue
+
+from llmq.settings import Settings, get_settings
+
+LLM_QUEUE = "llm"
+WEBHOOK_QUEUE = "webhooks"
+TASK_MODULES = ["llmq.tasks.generate", "llmq.tasks.webhooks", "llmq.tasks.sweep"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Redis transport: a message that is not acked within the visibility timeout is handed
+        # to another worker. It must exceed the longest job, or long LLM calls run twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "health_check_interval": 25,
+        },
+        "broker_pool_limit": 50,
+        # Fail fast on submit when the broker is down instead of hanging the HTTP request.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A job message is acked only after the job's outcome is committed; a worker that dies
+        # mid-call leaves it unacked, so it is delivered again (the compare-and-set in the
+        # database makes the redelivery harmless).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.job_time_limit_s,
+        "task_queues": [Queue(LLM_QUEUE), Queue(WEBHOOK_QUEUE)],
+        "task_default_queue": LLM_QUEUE,
+        "task_routes": {
+            "llmq.generate": {"queue": LLM_QUEUE},
+            "llmq.deliver_webhook": {"queue": WEBHOOK_QUEUE},
+            "llmq.sweep": {"queue": WEBHOOK_QUEUE},
+        },
+        # Flower and `celery events` need task events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "llmq-sweep": {
+                "task": "llmq.sweep",
+                "schedule": settings.sweep_interval_s,
+                "options": {"expires": max(settings.sweep_interval_s * 2, 1.0)},
+            }
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+celery_app = Celery("llmq", include=TASK_MODULES)
+celery_app.add_defaults(lambda: celery_config(get_settings()))
+
+
+def configure_celery(settings: Settings) -> Celery:
+    """Point the process's Celery app at these settings (Flask's ``celery_init_app`` pattern)."""
+    celery_app.conf.update(celery_config(settings))
+    return celery_app
+
+
+def _on_worker_process_init(**_: object) -> None:
+    # A forked pool process must not reuse the parent's connections or its loop thread.
+    from llmq.workers.runtime import reset_runtime
+
+    reset_runtime()
+
+
+def _on_worker_init(**_: object) -> None:
+    from llmq.logs import configure_logging, init_sentry
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    init_sentry(settings.sentry_dsn, component="worker")
+
+
+worker_process_init.connect(_on_worker_process_init, weak=False)
+worker_init.connect(_on_worker_init, weak=False)

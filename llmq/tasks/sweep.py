@@ -1,0 +1,129 @@
+"""``llmq.sweep``, run by Celery beat every ``LLMQ_SWEEP_INTERVAL_S``: the database's view of what
+should be on the broker, put back where it is missing.
+
+- queued jobs parked for a long wait (``enqueued_at`` is null) whose time has come;
+- jobs in ``processing`` whose lease expired (their worker died): back to ``queued``, the lost
+  attempt recorded, or failed when no attempt is left;
+- webhook events due for an attempt that no broker message is carrying.
+
+A Redis lock keeps it to one sweep at a time, however many beats run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+import structlog
+from sqlalchemy import select, update
+
+from llmq.models.base import utcnow
+from llmq.models.state import AttemptOutcome, JobStatus
+from llmq.models.tables import Attempt, Job
+from llmq.models.transitions import _ended
+from llmq.models.webhook_events import due_events
+from llmq.tasks.app import celery_app
+from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.workers.runtime import WorkerRuntime, get_runtime
+
+logger = structlog.get_logger(__name__)
+
+EVENT_GRACE_S = 30.0
+BATCH = 500
+
+
+def sweep(rt: WorkerRuntime) -> dict[str, int]:
+    now = utcnow()
+    counts = {"parked_enqueued": 0, "leases_recovered": 0, "webhooks_enqueued": 0}
+    with rt.db.transaction() as session:
+        due = list(
+            session.scalars(
+                select(Job.id)
+                .where(
+                    Job.status == JobStatus.QUEUED.value,
+                    Job.enqueued_at.is_(None),
+                    Job.next_attempt_at <= now,
+                )
+                .order_by(Job.next_attempt_at)
+                .limit(BATCH)
+            )
+        )
+        if due:
+            session.execute(
+                update(Job).where(Job.id.in_(due)).values(enqueued_at=now).execution_options(
+                    synchronize_session=False
+                )
+            )
+    for job_id in due:
+        enqueue_job(job_id)
+    counts["parked_enqueued"] = len(due)
+
+    with rt.db.transaction() as session:
+        expired = session.execute(
+            select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts)
+            .where(Job.status == JobStatus.PROCESSING.value, Job.lease_expires_at < now)
+            .limit(BATCH)
+        ).all()
+    requeue: list[str] = []
+    events: list[str] = []
+    for job_id, token, attempts, max_attempts in expired:
+        with rt.db.transaction() as session:
+            exhausted = attempts >= max_attempts
+            values = (
+                {"status": JobStatus.FAILED.value, "completed_at": now}
+                if exhausted
+                else {"status": JobStatus.QUEUED.value, "next_attempt_at": now, "enqueued_at": now}
+            )
+            applied = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value, Job.lease_token == token)
+                .values(
+                    lease_token=None,
+                    lease_expires_at=None,
+                    error_type="worker_lost",
+                    error_message="the worker running this attempt stopped answering",
+                    updated_at=now,
+                    **values,
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount == 1
+            if not applied:
+                continue
+            session.execute(
+                update(Attempt)
+                .where(Attempt.job_id == job_id, Attempt.number == attempts, Attempt.ended_at.is_(None))
+                .values(outcome=AttemptOutcome.LOST.value, ended_at=now, error_type="worker_lost")
+            )
+            if exhausted:
+                events.extend(_ended(session, job_id, JobStatus.FAILED, now).event_ids)
+            else:
+                requeue.append(job_id)
+    for job_id in requeue:
+        enqueue_job(job_id)
+    counts["leases_recovered"] = len(expired)
+
+    with rt.db.session() as session:
+        events.extend(due_events(session, now=now - timedelta(seconds=EVENT_GRACE_S), limit=BATCH))
+    for event_id in events:
+        enqueue_webhook(event_id)
+    counts["webhooks_enqueued"] = len(events)
+    if any(counts.values()):
+        logger.info("sweep_done", **counts)
+    return counts
+
+
+@celery_app.task(name="llmq.sweep", ignore_result=True)
+def sweep_task() -> dict[str, int]:
+    rt = get_runtime()
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    lock = client.lock("llmq:sweep-lock", timeout=max(rt.settings.sweep_interval_s * 4, 30))
+    if not lock.acquire(blocking=False):
+        return {}
+    try:
+        return sweep(rt)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass
+        client.close()

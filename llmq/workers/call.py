@@ -1,0 +1,105 @@
+"""One provider call for one claimed job: build the request, call, and turn what happened into a
+:class:`CallResult` or a :class:`CallFailure` (with the delay before a retry, if any)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
+from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest
+from llmq.workers.providers.registry import UnknownProviderError
+from llmq.workers.retry import next_retry_delay, should_retry
+from llmq.workers.runtime import WorkerRuntime
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    result: CallResult | None = None
+    failure: CallFailure | None = None
+    retry_in_s: float | None = None  # set when the failure is to be retried
+
+
+def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: datetime) -> ProviderRequest:
+    timeout_s = rt.settings.provider_timeout_s
+    if claim.deadline_at is not None:
+        timeout_s = max(0.1, min(timeout_s, (claim.deadline_at - now).total_seconds()))
+    return ProviderRequest(
+        model=bare_model,
+        messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in claim.messages),
+        max_tokens=claim.max_tokens,
+        temperature=claim.temperature,
+        user=claim.user,
+        timeout_s=timeout_s,
+    )
+
+
+def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOutcome:
+    started = time.monotonic()
+    try:
+        provider, bare_model = rt.registry.resolve(claim.model)
+    except UnknownProviderError as exc:
+        return CallOutcome(failure=CallFailure("invalid_request", str(exc), None, None, 0, False))
+    request = _request_for(rt, claim, bare_model, now)
+    try:
+        response = rt.run(provider.complete(request), timeout=request.timeout_s + 5.0)
+    except ProviderError as exc:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        failure = CallFailure(
+            error_type=exc.error_type,
+            message=str(exc),
+            http_status=exc.status_code,
+            retry_after_s=getattr(exc, "retry_after_s", None),
+            latency_ms=latency_ms,
+            retryable=exc.retryable,
+        )
+        retry_in = None
+        if should_retry(exc, claim.attempt_number, claim.max_attempts):
+            retry_in = next_retry_delay(
+                exc,
+                claim.attempt_number,
+                base_s=rt.settings.retry_base_s,
+                cap_s=rt.settings.retry_cap_s,
+            )
+            if claim.deadline_at is not None and (claim.deadline_at - now).total_seconds() < retry_in:
+                retry_in = None  # the job's deadline comes first: fail now
+        logger.info(
+            "provider_call_failed",
+            job_id=claim.job_id,
+            attempt=claim.attempt_number,
+            error_type=exc.error_type,
+            http_status=exc.status_code,
+            retry_in_s=retry_in,
+        )
+        return CallOutcome(failure=failure, retry_in_s=retry_in)
+    except TimeoutError:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        failure = CallFailure("timeout", "provider call exceeded its deadline", None, None, latency_ms, True)
+        retry_in = None
+        if claim.attempt_number < claim.max_attempts:
+            retry_in = rt.settings.retry_base_s
+        return CallOutcome(failure=failure, retry_in_s=retry_in)
+    latency_ms = int((time.monotonic() - started) * 1000)
+    cost = rt.prices.cost_usd(claim.model, response.prompt_tokens, response.completion_tokens)
+    return CallOutcome(
+        result=CallResult(
+            text=response.text,
+            finish_reason=response.finish_reason,
+            prompt_tokens=response.prompt_tokens,
+            completion_tokens=response.completion_tokens,
+            served_by=claim.model,
+            cost_usd=None if cost is None else _decimal(cost),
+            latency_ms=latency_ms,
+        )
+    )
+
+
+def _decimal(value: float) -> "Decimal":
+    from decimal import Decimal
+
+    return Decimal(str(value))

@@ -1,0 +1,87 @@
+"""What one worker process holds: the database, the provider clients, the prices, and an asyncio
+event loop on a background thread where every provider call of the process runs.
+
+Celery's pool threads hand a call to the loop and wait on its future: waiting costs no CPU, the
+SDK clients and their connection pools are shared by the whole process, and each call's deadline
+is enforced by asyncio whatever the pool. Built lazily, once per process (after any fork).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+
+from llmq.models.db import Database
+from llmq.settings import Settings, get_settings
+from llmq.workers.pricing import PriceTable, load_providers_file
+from llmq.workers.providers.registry import ProviderRegistry
+
+T = TypeVar("T")
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        pool = max(settings.worker_concurrency, settings.webhook_worker_concurrency) + 5
+        self.db = Database(settings.database_url, pool_size=min(pool, 50), max_overflow=pool)
+        self.prices = PriceTable.from_config(load_providers_file(settings.providers_file))
+        self.registry = ProviderRegistry.from_settings(settings)
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(settings.webhook_timeout_s, connect=5.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.webhook_worker_concurrency * 2),
+        )
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the process's event loop and wait for it from this (pool) thread."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.run(self.registry.aclose(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.http.close()
+            self.db.dispose()
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_pid: int | None = None
+_lock = threading.Lock()
+
+
+def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
+    global _runtime, _runtime_pid
+    if _runtime is not None and _runtime_pid == os.getpid():
+        return _runtime
+    with _lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = WorkerRuntime(settings or get_settings())
+            _runtime_pid = os.getpid()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the runtime inherited across a fork (its loop thread did not survive it)."""
+    global _runtime, _runtime_pid
+    _runtime = None
+    _runtime_pid = None
