@@ -229,11 +229,14 @@ def flower(address: str | None) -> None:
     """Run Flower; it listens on loopback only unless basic auth is configured."""
     settings = get_settings()
     argv = [_bin("celery"), "-A", "llmq.tasks.app", "flower", f"--port={settings.flower_port}"]
+    env = {}
     if settings.flower_basic_auth:
         argv += [f"--basic-auth={settings.flower_basic_auth}", f"--address={address or '0.0.0.0'}"]
     else:
         argv.append(f"--address={address or '127.0.0.1'}")
-    _exec(argv)
+        # Loopback only, so its JSON API may answer without credentials (Flower refuses otherwise).
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    _exec(argv, env)
 
 
 @main.command()

@@ -41,8 +41,10 @@ class Database:
         with self.sessionmaker() as session:
             yield session
 
-    def dispose(self) -> None:
-        self.engine.dispose(close=False)
+    def dispose(self, *, close: bool = True) -> None:
+        """Close pooled connections; after a fork, pass ``close=False`` to only forget the
+        parent's connections without touching their sockets."""
+        self.engine.dispose(close=close)
 
 
 def _ensure_sqlite_dir(url: str) -> None:

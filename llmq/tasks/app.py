@@ -84,6 +84,11 @@ celery_app.add_defaults(lambda: celery_config(get_settings()))
 def configure_celery(settings: Settings) -> Celery:
     """Point the process's Celery app at these settings (Flask's ``celery_init_app`` pattern)."""
     celery_app.conf.update(celery_config(settings))
+    # Drop connection pools made for an earlier configuration (Celery does the same after a fork),
+    # so a new broker URL takes effect for the next publish.
+    celery_app._pool = None
+    if "amqp" in celery_app.__dict__:
+        celery_app.__dict__["amqp"]._producer_pool = None
     return celery_app
 
 

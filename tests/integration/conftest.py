@@ -139,10 +139,11 @@ def worker(settings: Settings, database: Database, simulator: str, logs_dir: Pat
 
 
 @pytest.fixture(scope="session")
-def app(settings: Settings, database: Database) -> Flask:
+def app(settings: Settings, database: Database) -> Iterator[Flask]:
     flask_app = create_app(settings)
     flask_app.testing = True
-    return flask_app
+    yield flask_app
+    flask_app.extensions["llmq.db"].dispose()
 
 
 @pytest.fixture
