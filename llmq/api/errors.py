@@ -28,9 +28,7 @@ HTTP_ERROR_TYPES = {
 
 
 class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, *, type: str | None = None, details: Any = None
-    ) -> None:
+    def __init__(self, status: int, message: str, *, type: str | None = None, details: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.type = type or HTTP_ERROR_TYPES.get(status, "error")

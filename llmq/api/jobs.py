@@ -66,10 +66,9 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     model = spec.model or settings.default_model
     registry = current_app.extensions["llmq.registry"]
     if not registry.is_known(model):
+        known = ", ".join(sorted(registry.known_providers()))
         raise ApiError(
-            422,
-            f"unknown provider in model {model!r}; known providers: {', '.join(sorted(registry.known_providers()))}",
-            type="validation_error",
+            422, f"unknown provider in model {model!r}; known providers: {known}", type="validation_error"
         )
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
@@ -202,7 +201,12 @@ def list_jobs() -> Response:
     jobs = jobs[: query.limit]
     next_cursor = _encode_cursor(jobs[-1]) if has_more else None
     return jsonify(
-        {"object": "list", "data": [job_public(j) for j in jobs], "has_more": has_more, "next_cursor": next_cursor}
+        {
+            "object": "list",
+            "data": [job_public(j) for j in jobs],
+            "has_more": has_more,
+            "next_cursor": next_cursor,
+        }
     )
 
 

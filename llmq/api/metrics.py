@@ -39,7 +39,9 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily("llmq_jobs", "Jobs by status", labels=["status"])
         attempts = CounterMetricFamily(
-            "llmq_provider_attempts", "Provider attempts by provider and outcome", labels=["provider", "outcome"]
+            "llmq_provider_attempts",
+            "Provider attempts by provider and outcome",
+            labels=["provider", "outcome"],
         )
         deliveries = CounterMetricFamily(
             "llmq_webhook_deliveries", "Webhook delivery attempts by result", labels=["success"]
@@ -48,7 +50,9 @@ class DatabaseCollector(Collector):
             for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
                 jobs.add_metric([status], count)
             for provider, outcome, count in session.execute(
-                select(Attempt.provider, Attempt.outcome, func.count()).group_by(Attempt.provider, Attempt.outcome)
+                select(Attempt.provider, Attempt.outcome, func.count()).group_by(
+                    Attempt.provider, Attempt.outcome
+                )
             ):
                 attempts.add_metric([provider, outcome], count)
             for success, count in session.execute(

@@ -32,10 +32,14 @@ def build_openapi() -> dict[str, Any]:
         ref_template=REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "llmq", "version": __version__, "description": "LLM generation as asynchronous jobs."},
+        "info": {
+            "title": "llmq",
+            "version": __version__,
+            "description": "LLM generation as asynchronous jobs.",
+        },
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -46,9 +50,17 @@ def build_openapi() -> dict[str, Any]:
                     "summary": "Submit a job",
                     "security": secured,
                     "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}}
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
                     ],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(JobCreate)}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(JobCreate)}},
+                    },
                     "responses": {
                         "202": _json(JobOut, "accepted: the job is stored and queued"),
                         "200": _json(JobOut, "an earlier job with the same Idempotency-Key"),
@@ -59,33 +71,71 @@ def build_openapi() -> dict[str, Any]:
                     "summary": "List the tenant's jobs, newest first",
                     "security": secured,
                     "parameters": [
-                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["queued", "processing", "completed", "failed", "cancelled"]}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["queued", "processing", "completed", "failed", "cancelled"],
+                            },
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {"200": _json(JobList, "a page of jobs"), **_errors(401, 422)},
                 },
             },
             "/v1/jobs/{job_id}": {
-                "get": {"summary": "Read a job", "security": secured, "parameters": [job_id],
-                        "responses": {"200": _json(JobOut, "the job"), **_errors(401, 404)}}
+                "get": {
+                    "summary": "Read a job",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"200": _json(JobOut, "the job"), **_errors(401, 404)},
+                }
             },
             "/status/{job_id}": {
-                "get": {"summary": "Read a job (alias)", "security": secured, "parameters": [job_id],
-                        "responses": {"200": _json(JobOut, "the job"), **_errors(401, 404)}}
+                "get": {
+                    "summary": "Read a job (alias)",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"200": _json(JobOut, "the job"), **_errors(401, 404)},
+                }
             },
             "/v1/jobs/{job_id}/attempts": {
-                "get": {"summary": "Every provider attempt of a job", "security": secured, "parameters": [job_id],
-                        "responses": {"200": {"description": "the attempts"}, **_errors(401, 404)}}
+                "get": {
+                    "summary": "Every provider attempt of a job",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"200": {"description": "the attempts"}, **_errors(401, 404)},
+                }
             },
             "/v1/jobs/{job_id}/cancel": {
-                "post": {"summary": "Cancel a job", "security": secured, "parameters": [job_id],
-                         "responses": {"200": _json(JobOut, "the cancelled job"), **_errors(401, 404, 409)}}
+                "post": {
+                    "summary": "Cancel a job",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"200": _json(JobOut, "the cancelled job"), **_errors(401, 404, 409)},
+                }
             },
             "/health": {"get": {"summary": "Process alive", "responses": {"200": _json(Health, "alive")}}},
-            "/ready": {"get": {"summary": "Database and broker reachable",
-                               "responses": {"200": _json(Readiness, "ready"), "503": _json(Readiness, "not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/ready": {
+                "get": {
+                    "summary": "Database and broker reachable",
+                    "responses": {"200": _json(Readiness, "ready"), "503": _json(Readiness, "not ready")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
         },
     }

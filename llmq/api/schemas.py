@@ -40,9 +40,9 @@ class JobCreate(BaseModel):
     max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] | None = None
     webhook_url: AnyHttpUrl | None = None
-    metadata: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[StrictStr, Field(max_length=512)]] = Field(
-        default_factory=dict, max_length=16
-    )
+    metadata: dict[
+        Annotated[str, Field(min_length=1, max_length=64)], Annotated[StrictStr, Field(max_length=512)]
+    ] = Field(default_factory=dict, max_length=16)
     user: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
     timeout_s: Annotated[StrictInt | StrictFloat, Field(gt=0, le=86_400)] | None = None
 
@@ -135,5 +135,3 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, StrictStr]
-
-

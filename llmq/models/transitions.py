@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Executable, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -103,6 +103,11 @@ class TransitionResult:
     job: Job | None
     applied: bool
     event_ids: list[str] = field(default_factory=list)
+
+
+def compare_and_set(session: Session, statement: Executable) -> bool:
+    """Run a guarded UPDATE; True when it changed the one row it targets."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
 
 
 # --- submit ---------------------------------------------------------------------------------------
@@ -293,11 +298,10 @@ def _holds_lease(claim: ClaimedJob) -> Any:
     )
 
 
-def complete_job(
-    session: Session, claim: ClaimedJob, result: CallResult, now: datetime
-) -> TransitionResult:
+def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: datetime) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    applied = session.execute(
+    applied = compare_and_set(
+        session,
         update(Job)
         .where(_holds_lease(claim))
         .values(
@@ -317,8 +321,8 @@ def complete_job(
             completed_at=now,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+        .execution_options(synchronize_session=False),
+    )
     _finish_attempt(
         session,
         claim,
@@ -366,11 +370,10 @@ def fail_attempt(
             "completed_at": now,
             **common,
         }
-    applied = session.execute(
-        update(Job).where(_holds_lease(claim)).values(**values).execution_options(
-            synchronize_session=False
-        )
-    ).rowcount == 1
+    applied = compare_and_set(
+        session,
+        update(Job).where(_holds_lease(claim)).values(**values).execution_options(synchronize_session=False),
+    )
     _finish_attempt(
         session,
         claim,
@@ -395,7 +398,8 @@ def fail_attempt(
 def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) -> TransitionResult:
     """``queued|processing → cancelled``. A worker still calling the provider loses its lease, so
     its answer, when it comes, is discarded by the compare-and-set in :func:`complete_job`."""
-    applied = session.execute(
+    applied = compare_and_set(
+        session,
         update(Job)
         .where(
             Job.id == job_id,
@@ -413,8 +417,8 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) 
             completed_at=now,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+        .execution_options(synchronize_session=False),
+    )
     if not applied:
         job = get_job(session, tenant_id, job_id)  # raises JobNotFound
         raise JobAlreadyEnded(job)

@@ -10,6 +10,4 @@ def enqueue_job(job_id: str, countdown: float | None = None) -> None:
 
 
 def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
-    celery_app.send_task(
-        "llmq.deliver_webhook", args=[event_id], queue=WEBHOOK_QUEUE, countdown=countdown
-    )
+    celery_app.send_task("llmq.deliver_webhook", args=[event_id], queue=WEBHOOK_QUEUE, countdown=countdown)

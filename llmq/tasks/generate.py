@@ -51,9 +51,7 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
             else:
                 assert outcome.failure is not None
                 retry_at = (
-                    done + timedelta(seconds=outcome.retry_in_s)
-                    if outcome.retry_in_s is not None
-                    else None
+                    done + timedelta(seconds=outcome.retry_in_s) if outcome.retry_in_s is not None else None
                 )
                 wait_reason = None
                 if retry_at is not None:

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from llmq.models.base import utcnow
 from llmq.models.state import AttemptOutcome, JobStatus
 from llmq.models.tables import Attempt, Job
-from llmq.models.transitions import _ended
+from llmq.models.transitions import _ended, compare_and_set
 from llmq.models.webhook_events import due_events
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
@@ -50,9 +50,10 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
         )
         if due:
             session.execute(
-                update(Job).where(Job.id.in_(due)).values(enqueued_at=now).execution_options(
-                    synchronize_session=False
-                )
+                update(Job)
+                .where(Job.id.in_(due))
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
             )
     for job_id in due:
         enqueue_job(job_id)
@@ -74,7 +75,8 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
                 if exhausted
                 else {"status": JobStatus.QUEUED.value, "next_attempt_at": now, "enqueued_at": now}
             )
-            applied = session.execute(
+            applied = compare_and_set(
+                session,
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value, Job.lease_token == token)
                 .values(
@@ -85,8 +87,8 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
                     updated_at=now,
                     **values,
                 )
-                .execution_options(synchronize_session=False)
-            ).rowcount == 1
+                .execution_options(synchronize_session=False),
+            )
             if not applied:
                 continue
             session.execute(

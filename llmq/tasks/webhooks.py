@@ -21,9 +21,7 @@ logger = structlog.get_logger(__name__)
 def deliver_event(rt: WorkerRuntime, event_id: str) -> str:
     settings = rt.settings
     with rt.db.transaction() as session:
-        event = claim_event(
-            session, event_id, now=utcnow(), hold_s=settings.webhook_timeout_s + 30
-        )
+        event = claim_event(session, event_id, now=utcnow(), hold_s=settings.webhook_timeout_s + 30)
     if event is None:
         return "skipped"
     outcome = post_event(rt.http, event, timeout_s=settings.webhook_timeout_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import structlog
 
@@ -99,7 +100,7 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
     )
 
 
-def _decimal(value: float) -> "Decimal":
+def _decimal(value: float) -> Decimal:
     from decimal import Decimal
 
     return Decimal(str(value))

@@ -35,9 +35,7 @@ def post_event(client: httpx.Client, event: EventToSend, *, timeout_s: float) ->
     }
     started = time.monotonic()
     try:
-        response = client.post(
-            event.url, content=event.payload.encode(), headers=headers, timeout=timeout_s
-        )
+        response = client.post(event.url, content=event.payload.encode(), headers=headers, timeout=timeout_s)
     except httpx.TimeoutException:
         return DeliveryOutcome(False, None, _ms(started), "timeout")
     except httpx.HTTPError as exc:

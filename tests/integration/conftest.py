@@ -122,17 +122,37 @@ def worker(settings: Settings, database: Database, simulator: str, logs_dir: Pat
     name = f"test-{uuid.uuid4().hex[:6]}@127.0.0.1"
     proc = start_process(
         [
-            str(VENV_BIN / "celery"), "-A", "llmq.tasks.app", "worker", "-Q", "llm,webhooks",
-            "-P", "threads", "-c", str(settings.worker_concurrency), "-n", name, "-E", "-B",
-            "-s", str(logs_dir / "beat-schedule"), "--without-gossip", "--without-mingle",
-            "--loglevel", "INFO",
+            str(VENV_BIN / "celery"),
+            "-A",
+            "llmq.tasks.app",
+            "worker",
+            "-Q",
+            "llm,webhooks",
+            "-P",
+            "threads",
+            "-c",
+            str(settings.worker_concurrency),
+            "-n",
+            name,
+            "-E",
+            "-B",
+            "-s",
+            str(logs_dir / "beat-schedule"),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
         ],
         settings_env(settings),
         logs_dir / "worker.log",
     )
     app = configure_celery(settings)
     try:
-        wait_for(lambda: proc.poll() is None and app.control.ping(destination=[name], timeout=0.5), timeout=60, what="the worker")
+        wait_for(
+            lambda: proc.poll() is None and app.control.ping(destination=[name], timeout=0.5),
+            timeout=60,
+            what="the worker",
+        )
         yield name
     finally:
         stop_process(proc)
@@ -171,7 +191,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture
-def sim(settings: Settings, simulator: str) -> "SimulatorControl":
+def sim(settings: Settings, simulator: str) -> SimulatorControl:
     return SimulatorControl(simulator)
 
 
@@ -182,7 +202,9 @@ class SimulatorControl:
         self.url = url
 
     def script(self, model: str, steps: list[dict[str, Any]], default: dict[str, Any] | None = None) -> None:
-        response = httpx.post(f"{self.url}/_sim/script", json={"model": model, "steps": steps, "default": default})
+        response = httpx.post(
+            f"{self.url}/_sim/script", json={"model": model, "steps": steps, "default": default}
+        )
         response.raise_for_status()
 
     def stats(self) -> dict[str, Any]:
@@ -197,7 +219,9 @@ def unique_model(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for_status(client: FlaskClient, auth: dict[str, str], job_id: str, statuses: set[str], timeout: float = 30) -> dict[str, Any]:
+def wait_for_status(
+    client: FlaskClient, auth: dict[str, str], job_id: str, statuses: set[str], timeout: float = 30
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         body = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()
         return body if body["status"] in statuses else None

@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -45,7 +47,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make a child process build exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "LLMQ_", "REDIS_URL", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "ANTHROPIC_", "LLMQ_", "REDIS_URL", "DATABASE_URL"))
+    }
     env.update(
         {
             "DATABASE_URL": settings.database_url,
@@ -72,7 +78,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    log = open(log_path, "ab")
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -131,10 +137,12 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
-                hook = ReceivedHook(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                hook = ReceivedHook(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
                 with receiver._lock:
                     receiver.received.append(hook)
                 status = receiver._answer(self.path)

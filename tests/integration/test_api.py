@@ -18,7 +18,10 @@ from llmq.models.tenants import IssuedKey
 
 def _job_count(database: Database, tenant: IssuedKey) -> int:
     with database.session() as session:
-        return int(session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.tenant_id)) or 0)
+        return int(
+            session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.tenant_id))
+            or 0
+        )
 
 
 def _error(response: Any) -> dict[str, Any]:
@@ -91,7 +94,13 @@ BAD_BODIES: list[tuple[str, Any, int]] = [
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
 def test_bad_body_is_a_json_error_and_creates_no_job(
-    client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database, case: str, body: Any, status: int
+    client: FlaskClient,
+    auth: dict[str, str],
+    tenant: IssuedKey,
+    database: Database,
+    case: str,
+    body: Any,
+    status: int,
 ) -> None:
     response = client.post("/v1/jobs", json=body, headers=auth)
     assert response.status_code == status, response.get_json()
@@ -101,21 +110,29 @@ def test_bad_body_is_a_json_error_and_creates_no_job(
     assert _job_count(database, tenant) == 0
 
 
-def test_non_json_bodies(client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database) -> None:
-    not_json = client.post("/v1/jobs", data="{prompt: hi", headers={**auth, "Content-Type": "application/json"})
+def test_non_json_bodies(
+    client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database
+) -> None:
+    not_json = client.post(
+        "/v1/jobs", data="{prompt: hi", headers={**auth, "Content-Type": "application/json"}
+    )
     assert not_json.status_code == 400 and _error(not_json)["type"] == "invalid_json"
     empty = client.post("/v1/jobs", data="", headers={**auth, "Content-Type": "application/json"})
     assert empty.status_code == 400
     wrong_type = client.post("/v1/jobs", data="prompt=hi", headers={**auth, "Content-Type": "text/plain"})
     assert wrong_type.status_code == 415 and _error(wrong_type)["type"] == "unsupported_media_type"
-    too_big = client.post("/v1/jobs", data="x" * 1_000_001, headers={**auth, "Content-Type": "application/json"})
+    too_big = client.post(
+        "/v1/jobs", data="x" * 1_000_001, headers={**auth, "Content-Type": "application/json"}
+    )
     assert too_big.status_code == 413 and _error(too_big)["type"] == "payload_too_large"
     assert _job_count(database, tenant) == 0
 
 
 def test_curl_default_form_content_type_is_read_as_json(client: FlaskClient, auth: dict[str, str]) -> None:
     response = client.post(
-        "/v1/jobs", data='{"prompt":"Hello"}', headers={**auth, "Content-Type": "application/x-www-form-urlencoded"}
+        "/v1/jobs",
+        data='{"prompt":"Hello"}',
+        headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 202
 
@@ -144,7 +161,9 @@ def test_default_model_comes_from_settings(client: FlaskClient, auth: dict[str, 
     assert job["model"] == settings.default_model
 
 
-def test_idempotency_key_returns_the_first_job(client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database) -> None:
+def test_idempotency_key_returns_the_first_job(
+    client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database
+) -> None:
     headers = {**auth, "Idempotency-Key": f"order-{uuid.uuid4().hex}"}
     first = client.post("/v1/jobs", json={"prompt": "once"}, headers=headers)
     second = client.post("/v1/jobs", json={"prompt": "once"}, headers=headers)
@@ -155,7 +174,9 @@ def test_idempotency_key_returns_the_first_job(client: FlaskClient, auth: dict[s
     assert _job_count(database, tenant) == 1
 
 
-def test_listing_is_newest_first_with_cursor_and_status_filter(client: FlaskClient, auth: dict[str, str]) -> None:
+def test_listing_is_newest_first_with_cursor_and_status_filter(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
     ids = [client.post("/v1/jobs", json={"prompt": f"n{i}"}, headers=auth).get_json()["id"] for i in range(5)]
     seen: list[str] = []
     cursor = None
@@ -185,7 +206,9 @@ def test_operations_endpoints(client: FlaskClient) -> None:
     assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
-    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/status/{job_id}", "/v1/jobs/{job_id}/cancel", "/ready"} <= set(spec["paths"])
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/status/{job_id}", "/v1/jobs/{job_id}/cancel", "/ready"} <= set(
+        spec["paths"]
+    )
     assert "JobCreate" in spec["components"]["schemas"]
     metrics = client.get("/metrics")
     text = metrics.get_data(as_text=True)
@@ -210,7 +233,9 @@ def test_ready_names_the_unreachable_broker(settings: Any, database: Database) -
     assert response.get_json()["checks"]["broker"].startswith("unreachable")
 
 
-def test_submit_with_the_broker_down_is_503_and_leaves_no_job(settings: Any, tenant: IssuedKey, database: Database) -> None:
+def test_submit_with_the_broker_down_is_503_and_leaves_no_job(
+    settings: Any, tenant: IssuedKey, database: Database
+) -> None:
     from llmq.api.app import create_app
     from llmq.tasks.app import configure_celery
 
@@ -218,7 +243,9 @@ def test_submit_with_the_broker_down_is_503_and_leaves_no_job(settings: Any, ten
     app = create_app(broken)
     try:
         client = app.test_client()
-        response = client.post("/v1/jobs", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {tenant.api_key}"})
+        response = client.post(
+            "/v1/jobs", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {tenant.api_key}"}
+        )
         assert response.status_code == 503
         assert _error(response)["type"] == "unavailable"
         assert _job_count(database, tenant) == 0

@@ -5,6 +5,7 @@ webhook receiver."""
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 
 import pytest
 from flask.testing import FlaskClient
@@ -57,7 +58,9 @@ def test_submitted_job_completes_and_its_webhook_arrives_once_signed(
     assert "Hello there" in done["result"]["text"]
     assert done["result"]["finish_reason"] == "stop"
     assert done["usage"]["completion_tokens"] > 0
-    assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+    assert (
+        done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+    )
     assert done["attempts"] == 1
     assert done["served_by"] == f"{provider}/{bare}"
     assert done["metadata"] == {"order": "42"}
@@ -77,7 +80,9 @@ def test_submitted_job_completes_and_its_webhook_arrives_once_signed(
 
 
 def test_known_model_is_priced(client: FlaskClient, auth: dict[str, str]) -> None:
-    job = client.post("/v1/jobs", json={"prompt": "Price me", "model": "openai/gpt-4o-mini"}, headers=auth).get_json()
+    job = client.post(
+        "/v1/jobs", json={"prompt": "Price me", "model": "openai/gpt-4o-mini"}, headers=auth
+    ).get_json()
     done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
     usage = done["usage"]
     expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1_000_000
@@ -97,7 +102,7 @@ def test_rate_limited_job_retries_after_retry_after_header(
     assert [a.outcome for a in attempts] == ["retryable_error", "retryable_error", "success"]
     assert [a.http_status for a in attempts] == [429, 429, 200]
     assert attempts[0].retry_after_s == pytest.approx(1.0)
-    for earlier, later in zip(attempts, attempts[1:], strict=False):
+    for earlier, later in pairwise(attempts):
         assert earlier.ended_at is not None
         gap = (later.started_at - earlier.ended_at).total_seconds()
         assert gap >= 1.0, f"retried after {gap:.2f}s, before the Retry-After of 1 s"
@@ -119,10 +124,14 @@ def test_provider_400_fails_at_once_with_invalid_request(
     assert sim.requests_for(bare) == 1
 
 
-def test_anthropic_529_overloaded_is_retried(client: FlaskClient, auth: dict[str, str], sim: SimulatorControl) -> None:
+def test_anthropic_529_overloaded_is_retried(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl
+) -> None:
     bare = unique_model("overloaded")
     sim.script(bare, [{"fault": "529"}])
-    job = client.post("/v1/jobs", json={"prompt": "hi", "model": f"anthropic/{bare}"}, headers=auth).get_json()
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "model": f"anthropic/{bare}"}, headers=auth
+    ).get_json()
     done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
     assert done["status"] == "completed" and done["attempts"] == 2
 
@@ -140,13 +149,18 @@ def test_hung_provider_times_out_then_the_retry_succeeds(
     assert attempts[0].error_type == "timeout"
 
 
-def test_dropped_connection_is_retried(client: FlaskClient, auth: dict[str, str], sim: SimulatorControl, database: Database) -> None:
+def test_dropped_connection_is_retried(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl, database: Database
+) -> None:
     bare = unique_model("drop")
     sim.script(bare, [{"fault": "drop"}, {"fault": "500"}])
     job = client.post("/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}"}, headers=auth).get_json()
     done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
     assert done["status"] == "completed" and done["attempts"] == 3
-    assert [a.error_type for a in _attempts(database, job["id"])][:2] == ["connection_error", "provider_error"]
+    assert [a.error_type for a in _attempts(database, job["id"])][:2] == [
+        "connection_error",
+        "provider_error",
+    ]
 
 
 def test_transient_errors_exhaust_the_attempts_and_keep_the_last_error(
@@ -165,13 +179,19 @@ def test_transient_errors_exhaust_the_attempts_and_keep_the_last_error(
 
 
 def test_cancel_of_a_queued_job_sends_job_cancelled(
-    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl, webhook_receiver: WebhookReceiver, tenant: IssuedKey
+    client: FlaskClient,
+    auth: dict[str, str],
+    sim: SimulatorControl,
+    webhook_receiver: WebhookReceiver,
+    tenant: IssuedKey,
 ) -> None:
     bare = unique_model("waits")
     sim.script(bare, [{"fault": "429", "retry_after": 30}])
     path = f"/hook/{bare}"
     job = client.post(
-        "/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}", "webhook_url": webhook_receiver.url(path)}, headers=auth
+        "/v1/jobs",
+        json={"prompt": "hi", "model": f"openai/{bare}", "webhook_url": webhook_receiver.url(path)},
+        headers=auth,
     ).get_json()
     waiting = wait_for(
         lambda: (j := client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json())["wait_reason"] and j,
@@ -203,7 +223,9 @@ def test_cancel_of_a_processing_job_discards_the_late_answer(
     sim.script(bare, [{"fault": "ok", "latency": 1.5}])
     path = f"/hook/{bare}"
     job = client.post(
-        "/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}", "webhook_url": webhook_receiver.url(path)}, headers=auth
+        "/v1/jobs",
+        json={"prompt": "hi", "model": f"openai/{bare}", "webhook_url": webhook_receiver.url(path)},
+        headers=auth,
     ).get_json()
     wait_for_status(client, auth, job["id"], {"processing"})
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).get_json()
@@ -240,12 +262,28 @@ def test_failed_webhook_is_retried_with_the_same_webhook_id(
         assert verify(tenant.webhook_secret, hook.body, hook.headers)["data"]["id"] == job["id"]
     with database.session() as session:
         event = session.query(WebhookEvent).filter_by(job_id=job["id"]).one()
-        wait_for(lambda: session.query(WebhookEvent).filter_by(job_id=job["id"]).populate_existing().one().status == "delivered")
-        deliveries = session.query(WebhookDelivery).filter_by(event_id=event.id).order_by(WebhookDelivery.attempt).all()
-    assert [(d.attempt, d.status_code, d.success) for d in deliveries] == [(1, 503, False), (2, 503, False), (3, 204, True)]
+        wait_for(
+            lambda: (
+                session.query(WebhookEvent).filter_by(job_id=job["id"]).populate_existing().one().status
+                == "delivered"
+            )
+        )
+        deliveries = (
+            session.query(WebhookDelivery)
+            .filter_by(event_id=event.id)
+            .order_by(WebhookDelivery.attempt)
+            .all()
+        )
+    assert [(d.attempt, d.status_code, d.success) for d in deliveries] == [
+        (1, 503, False),
+        (2, 503, False),
+        (3, 204, True),
+    ]
 
 
-def test_a_job_that_ended_never_runs_again(client: FlaskClient, auth: dict[str, str], sim: SimulatorControl) -> None:
+def test_a_job_that_ended_never_runs_again(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl
+) -> None:
     from llmq.tasks.enqueue import enqueue_job
 
     bare = unique_model("once")

@@ -51,7 +51,11 @@ def _alive(pids: set[int]) -> set[int]:
 
 @pytest.fixture
 def stack_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "LLMQ_", "REDIS_URL", "DATABASE_URL", "FLOWER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "ANTHROPIC_", "LLMQ_", "REDIS_URL", "DATABASE_URL", "FLOWER_"))
+    }
     simulator_port = free_port()
     env.update(
         {
@@ -67,26 +71,50 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(stack_env: dict[str, str], tmp_path: Path) -> None:
+def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
     api = f"http://127.0.0.1:{stack_env['LLMQ_API_PORT']}"
     flower = f"http://127.0.0.1:{stack_env['FLOWER_PORT']}"
-    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
-    stack = subprocess.Popen([LLMQ, "run"], cwd=tmp_path, env=stack_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(tmp_path / "stack.log", "wb")
+    stack = subprocess.Popen(
+        [LLMQ, "run"],
+        cwd=tmp_path,
+        env=stack_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: httpx.get(f"{api}/ready", timeout=2).status_code == 200, timeout=90, what="the API to be ready")
-        assert (tmp_path / "var" / "llmq.db").exists(), "the embedded default keeps its SQLite file under ./var"
+        wait_for(
+            lambda: httpx.get(f"{api}/ready", timeout=2).status_code == 200,
+            timeout=90,
+            what="the API to be ready",
+        )
+        assert (tmp_path / "var" / "llmq.db").exists(), (
+            "the embedded default keeps its SQLite file under ./var"
+        )
 
         issued = json.loads(
-            subprocess.run([LLMQ, "keys", "create", "--tenant", "acme", "--json"], cwd=tmp_path, env=stack_env,
-                           check=True, capture_output=True, text=True).stdout
+            subprocess.run(
+                [LLMQ, "keys", "create", "--tenant", "acme", "--json"],
+                cwd=tmp_path,
+                env=stack_env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
         )
         assert set(issued) == {"tenant", "api_key", "webhook_secret"}
         assert issued["webhook_secret"].startswith("whsec_")
 
         submitted = subprocess.run(
             [LLMQ, "submit", "Hello from the terminal", "--wait", "--timeout", "60"],
-            cwd=tmp_path, env={**stack_env, "LLMQ_API_KEY": issued["api_key"], "LLMQ_API_URL": api},
-            capture_output=True, text=True, timeout=90,
+            cwd=tmp_path,
+            env={**stack_env, "LLMQ_API_KEY": issued["api_key"], "LLMQ_API_URL": api},
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         assert submitted.returncode == 0, submitted.stderr
         job = json.loads(submitted.stdout)
@@ -101,7 +129,9 @@ def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(stack_en
         )
         assert any(name.startswith("llm@") for name in workers), workers
         tasks = wait_for(
-            lambda: httpx.get(f"{flower}/api/tasks", timeout=2).json(), timeout=30, what="Flower to list tasks"
+            lambda: httpx.get(f"{flower}/api/tasks", timeout=2).json(),
+            timeout=30,
+            what="Flower to list tasks",
         )
         assert any(t.get("name") == "llmq.generate" for t in tasks.values())
     finally:

@@ -1,0 +1,272 @@
+"""Messages API client for Anthropic, on ``anthropic.AsyncAnthropic`` with the SDK's retries off.
+
+Differences from Chat Completions handled here:
+
+- system messages go in the top-level ``system`` parameter, joined by a blank line; the
+  ``messages`` list holds only user/assistant turns;
+- ``max_tokens`` is required: the request's, else ``default_max_tokens``;
+- ``stop_reason`` is normalised (end_turn/stop_sequence → "stop", max_tokens → "length",
+  refusal → "content_filter", tool_use → "tool_calls");
+- errors can arrive as an ``error`` event inside a 200 stream (``overloaded_error``), and are
+  classified by their ``error.type``.
+
+The SDK (2.x) sends no ``temperature`` parameter of its own; the request's is passed through
+``extra_body``. It is built on ``httpx2`` and refuses ``httpx`` objects: an injected
+``http_client`` must be an ``httpx2.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+import httpx2
+from anthropic import omit
+
+from llmq.workers.providers.base import (
+    ProgressCallback,
+    ProviderRequest,
+    ProviderResponse,
+    with_deadline,
+)
+from llmq.workers.providers.errors import (
+    InvalidRequestError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStreamError,
+    ProviderTimeoutError,
+    describe,
+    error_for_status,
+    parse_retry_after,
+    scrub_message,
+)
+
+if TYPE_CHECKING:
+    from anthropic import AsyncStream
+    from anthropic.types import Message, MessageParam, RawMessageStreamEvent
+
+__all__ = ["AnthropicProvider", "normalise_stop_reason"]
+
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "content_filter",
+    "tool_use": "tool_calls",
+}
+
+
+def normalise_stop_reason(stop_reason: str | None) -> str:
+    if stop_reason is None:
+        return "unknown"
+    return _STOP_REASONS.get(stop_reason, stop_reason)
+
+
+class AnthropicProvider:
+    """A :class:`~llmq.workers.providers.base.Provider` speaking the Anthropic Messages API.
+
+    The provider owns ``http_client`` (given or built) and closes it in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_connections: int,
+        http_client: httpx2.AsyncClient | None = None,
+        default_max_tokens: int = 1024,
+    ) -> None:
+        self.name = name
+        self._api_key = api_key
+        self._default_max_tokens = default_max_tokens
+        # Passed on every call too: with the SDK's default timeout, a non-streaming call with a
+        # large max_tokens is refused before it is sent ("streaming is required").
+        self._timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
+        if http_client is None:
+            http_client = httpx2.AsyncClient(
+                timeout=self._timeout,
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                follow_redirects=True,
+            )
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=self._timeout,
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self, request: ProviderRequest, on_progress: ProgressCallback | None = None
+    ) -> ProviderResponse:
+        return await with_deadline(
+            self._complete(request, on_progress), request.timeout_s, provider=self.name
+        )
+
+    # --- the call --------------------------------------------------------------------------------
+
+    def _params(self, request: ProviderRequest) -> dict[str, Any]:
+        system = [m.content for m in request.messages if m.role == "system"]
+        messages: list[MessageParam] = []
+        for m in request.messages:
+            if m.role == "user":
+                messages.append({"role": "user", "content": m.content})
+            elif m.role == "assistant":
+                messages.append({"role": "assistant", "content": m.content})
+            elif m.role != "system":
+                raise InvalidRequestError(f"{self.name}: unsupported message role {m.role!r}")
+        extra_body: dict[str, Any] = {}
+        if request.temperature is not None:
+            extra_body["temperature"] = request.temperature
+        return {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens if request.max_tokens is not None else self._default_max_tokens,
+            "system": "\n\n".join(system) if system else omit,
+            "metadata": {"user_id": request.user} if request.user is not None else omit,
+            "extra_body": extra_body or None,
+            "timeout": self._timeout,
+        }
+
+    async def _complete(
+        self, request: ProviderRequest, on_progress: ProgressCallback | None
+    ) -> ProviderResponse:
+        params = self._params(request)
+        if on_progress is None:
+            try:
+                message = await self._client.messages.create(**params)
+            except anthropic.AnthropicError as exc:
+                raise self._map_error(exc, request) from exc
+            return _from_message(message)
+
+        try:
+            stream = await self._client.messages.create(**params, stream=True)
+        except anthropic.AnthropicError as exc:
+            raise self._map_error(exc, request) from exc
+        try:
+            return await self._consume(stream, on_progress)
+        except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
+            raise self._map_error(exc, request, streaming=True) from exc
+        finally:
+            await stream.close()
+
+    async def _consume(
+        self, stream: AsyncStream[RawMessageStreamEvent], on_progress: ProgressCallback
+    ) -> ProviderResponse:
+        text = ""
+        pieces = 0
+        model: str | None = None
+        prompt_tokens = 0
+        completion_tokens: int | None = None
+        stop_reason: str | None = None
+        stopped = False
+        async for event in stream:
+            if event.type == "message_start":
+                model = event.message.model or None
+                prompt_tokens = _prompt_tokens(event.message.usage)
+                completion_tokens = event.message.usage.output_tokens
+            elif event.type == "content_block_delta":
+                if event.delta.type == "text_delta" and event.delta.text:
+                    text += event.delta.text  # resized in place by CPython: linear overall
+                    pieces += 1
+                    on_progress(text, pieces)
+            elif event.type == "message_delta":
+                stop_reason = event.delta.stop_reason or stop_reason
+                completion_tokens = event.usage.output_tokens
+                if event.usage.input_tokens is not None:
+                    prompt_tokens = max(prompt_tokens, _prompt_tokens(event.usage))
+            elif event.type == "message_stop":
+                stopped = True
+        if not stopped:
+            raise ProviderStreamError(
+                f"{self.name}: the stream ended before message_stop ({pieces} pieces received)"
+            )
+        return ProviderResponse(
+            text=text,
+            finish_reason=normalise_stop_reason(stop_reason),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=max(completion_tokens or 0, 0) or pieces,
+            model=model,
+        )
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _map_error(
+        self, exc: Exception, request: ProviderRequest, *, streaming: bool = False
+    ) -> ProviderError:
+        def scrub(text: str) -> str:
+            return scrub_message(
+                text, secrets=(self._api_key,), prompts=(m.content for m in request.messages)
+            )
+
+        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+            where = "while streaming" if streaming else "waiting for the answer"
+            return ProviderTimeoutError(f"{self.name}: timed out {where}")
+        if isinstance(exc, anthropic.APIConnectionError | httpx2.HTTPError):
+            if streaming:
+                return ProviderStreamError(scrub(f"{self.name}: the stream broke: {describe(exc)}"))
+            return ProviderConnectionError(scrub(f"{self.name}: connection failed: {describe(exc)}"))
+        if isinstance(exc, anthropic.APIStatusError):
+            # An error event inside a 200 stream arrives here too, with status 200.
+            status = exc.status_code if exc.status_code >= 400 else None
+            api_message = exc.api_message or _body_message(exc.body) or exc.message
+            prefix = f"{self.name}: HTTP {status}" if status else f"{self.name}: stream error"
+            return error_for_status(
+                status,
+                scrub(f"{prefix}: {api_message}"),
+                code=exc.error_code,
+                kind=exc.type or _body_type(exc.body),
+                retry_after_s=parse_retry_after(exc.response.headers),
+            )
+        return ProviderError(scrub(f"{self.name}: {type(exc).__name__}: {exc}"))
+
+
+def _from_message(message: Message) -> ProviderResponse:
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return ProviderResponse(
+        text=text,
+        finish_reason=normalise_stop_reason(message.stop_reason),
+        prompt_tokens=_prompt_tokens(message.usage),
+        completion_tokens=message.usage.output_tokens,
+        model=message.model or None,
+    )
+
+
+def _prompt_tokens(usage: Any) -> int:
+    """All input tokens: uncached, written to the cache and read from it."""
+    return int(
+        (usage.input_tokens or 0)
+        + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+        + (getattr(usage, "cache_read_input_tokens", None) or 0)
+    )
+
+
+def _body_error(body: object) -> dict[str, Any]:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner
+    return {}
+
+
+def _body_message(body: object) -> str | None:
+    message = _body_error(body).get("message")
+    return message if isinstance(message, str) else None
+
+
+def _body_type(body: object) -> str | None:
+    kind = _body_error(body).get("type")
+    return kind if isinstance(kind, str) else None

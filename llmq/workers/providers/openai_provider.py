@@ -1,0 +1,265 @@
+"""Chat Completions client for OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp).
+
+Built on ``openai.AsyncOpenAI`` with the SDK's retries off (``max_retries=0``): every attempt is
+llmq's, counted and recorded. The connection pool is sized to the worker's concurrency. Each
+call runs under a total deadline (:func:`~llmq.workers.providers.base.with_deadline`), and every
+SDK exception leaves this module as a typed
+:class:`~llmq.workers.providers.errors.ProviderError`.
+
+Note that the SDK (3.x) is built on ``httpx2``: an injected ``http_client`` must be an
+``httpx2.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+from openai import omit
+
+from llmq.workers.providers.base import (
+    ProgressCallback,
+    ProviderRequest,
+    ProviderResponse,
+    with_deadline,
+)
+from llmq.workers.providers.errors import (
+    InvalidRequestError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderServerError,
+    ProviderStreamError,
+    ProviderTimeoutError,
+    describe,
+    error_for_status,
+    parse_retry_after,
+    scrub_message,
+)
+
+if TYPE_CHECKING:
+    from openai import AsyncStream
+    from openai.types.chat import (
+        ChatCompletion,
+        ChatCompletionChunk,
+        ChatCompletionMessageParam,
+    )
+
+__all__ = ["OpenAIProvider"]
+
+# OpenAI's reasoning models reject ``max_tokens`` and take ``max_completion_tokens`` instead.
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+class OpenAIProvider:
+    """A :class:`~llmq.workers.providers.base.Provider` speaking the Chat Completions API.
+
+    The provider owns ``http_client`` (given or built) and closes it in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_connections: int,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self._api_key = api_key
+        timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
+        if http_client is None:
+            http_client = httpx2.AsyncClient(
+                timeout=timeout,
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                follow_redirects=True,
+            )
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self, request: ProviderRequest, on_progress: ProgressCallback | None = None
+    ) -> ProviderResponse:
+        return await with_deadline(
+            self._complete(request, on_progress), request.timeout_s, provider=self.name
+        )
+
+    # --- the call --------------------------------------------------------------------------------
+
+    async def _complete(
+        self, request: ProviderRequest, on_progress: ProgressCallback | None
+    ) -> ProviderResponse:
+        messages: list[ChatCompletionMessageParam] = []
+        for m in request.messages:
+            if m.role == "system":
+                messages.append({"role": "system", "content": m.content})
+            elif m.role == "user":
+                messages.append({"role": "user", "content": m.content})
+            elif m.role == "assistant":
+                messages.append({"role": "assistant", "content": m.content})
+            else:
+                raise InvalidRequestError(f"{self.name}: unsupported message role {m.role!r}")
+        # Only OpenAI itself (or its simulator) hosts these; compatible servers get max_tokens.
+        reasoning = self.name == "openai" and bool(_REASONING_MODEL.match(request.model))
+        max_tokens = request.max_tokens if request.max_tokens is not None else omit
+        common: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": omit if reasoning else max_tokens,
+            "max_completion_tokens": max_tokens if reasoning else omit,
+            "temperature": request.temperature if request.temperature is not None else omit,
+            "user": request.user if request.user is not None else omit,
+        }
+        if on_progress is None:
+            try:
+                completion = await self._client.chat.completions.create(**common)
+            except openai.OpenAIError as exc:
+                raise self._map_error(exc, request) from exc
+            return self._from_completion(completion)
+
+        try:
+            stream = await self._client.chat.completions.create(
+                **common, stream=True, stream_options={"include_usage": True}
+            )
+        except openai.OpenAIError as exc:
+            raise self._map_error(exc, request) from exc
+        try:
+            return await self._consume(stream, on_progress)
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self._map_error(exc, request, streaming=True) from exc
+        finally:
+            await stream.close()
+
+    def _from_completion(self, completion: ChatCompletion) -> ProviderResponse:
+        if not completion.choices:
+            raise ProviderServerError(f"{self.name}: the answer had no choices")
+        choice = completion.choices[0]
+        text = choice.message.content or ""
+        finish = choice.finish_reason or "unknown"
+        if not text and choice.message.refusal:
+            finish = "content_filter"
+        usage = completion.usage
+        return ProviderResponse(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            model=completion.model or None,
+        )
+
+    async def _consume(
+        self, stream: AsyncStream[ChatCompletionChunk], on_progress: ProgressCallback
+    ) -> ProviderResponse:
+        text = ""
+        pieces = 0
+        finish: str | None = None
+        model: str | None = None
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        async for chunk in stream:
+            model = chunk.model or model
+            if chunk.usage is not None:
+                prompt_tokens = chunk.usage.prompt_tokens
+                completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue
+                content = choice.delta.content if choice.delta else None
+                if content:
+                    # ``+=`` on a str with one reference is resized in place by CPython, so the
+                    # running text costs linear time, not quadratic.
+                    text += content
+                    pieces += 1
+                    on_progress(text, pieces)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        if finish is None:
+            raise ProviderStreamError(
+                f"{self.name}: the stream ended before a finish_reason ({pieces} pieces received)"
+            )
+        return ProviderResponse(
+            text=text,
+            finish_reason=finish,
+            # Servers that ignore stream_options send no usage: count one token per piece.
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens if completion_tokens is not None else pieces,
+            model=model,
+        )
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _map_error(
+        self, exc: Exception, request: ProviderRequest, *, streaming: bool = False
+    ) -> ProviderError:
+        def scrub(text: str) -> str:
+            return scrub_message(
+                text, secrets=(self._api_key,), prompts=(m.content for m in request.messages)
+            )
+
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            where = "while streaming" if streaming else "waiting for the answer"
+            return ProviderTimeoutError(f"{self.name}: timed out {where}")
+        if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
+            if streaming:
+                return ProviderStreamError(scrub(f"{self.name}: the stream broke: {describe(exc)}"))
+            return ProviderConnectionError(scrub(f"{self.name}: connection failed: {describe(exc)}"))
+        if isinstance(exc, openai.APIStatusError):
+            api_message, code, kind = _error_fields(exc.body, exc.code, exc.type)
+            status = exc.status_code
+            return error_for_status(
+                status,
+                scrub(f"{self.name}: HTTP {status}: {api_message or exc.message}"),
+                code=code,
+                kind=kind,
+                retry_after_s=parse_retry_after(exc.response.headers),
+            )
+        if isinstance(exc, openai.APIError):
+            # An error object inside a 200 stream, or a body that failed validation.
+            api_message, code, kind = _error_fields(exc.body, exc.code, exc.type)
+            return error_for_status(
+                None,
+                scrub(f"{self.name}: {api_message or exc.message}"),
+                code=code,
+                kind=kind,
+            )
+        return ProviderError(scrub(f"{self.name}: {type(exc).__name__}: {exc}"))
+
+
+def _error_fields(
+    body: object, code: str | None, kind: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """(message, code, type) from an OpenAI-style error body, inner ``error`` object or not."""
+    message: str | None = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            raw_message = inner.get("message")
+            message = raw_message if isinstance(raw_message, str) else None
+            code = code or _str_or_none(inner.get("code"))
+            kind = kind or _str_or_none(inner.get("type"))
+        elif isinstance(inner, str):
+            message = inner
+    elif isinstance(body, str):
+        message = body
+    return message, code, kind
+
+
+def _str_or_none(value: object) -> str | None:
+    return str(value) if value is not None else None
