@@ -38,13 +38,13 @@ class JobCreate(BaseModel):
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
     model: Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN)] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
-    temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     webhook_url: AnyHttpUrl | None = None
     metadata: dict[
         Annotated[str, Field(min_length=1, max_length=64)], Annotated[StrictStr, Field(max_length=512)]
     ] = Field(default_factory=dict, max_length=16)
     user: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
-    timeout_s: Annotated[StrictInt | StrictFloat, Field(gt=0, le=86_400)] | None = None
+    timeout_s: Annotated[StrictFloat, Field(gt=0, le=86_400)] | None = None
 
     @model_validator(mode="after")
     def _one_of_prompt_or_messages(self) -> JobCreate:
