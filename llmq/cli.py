@@ -292,6 +292,8 @@ def run() -> None:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The embedded default is a development stack: webhooks to 127.0.0.1 are allowed there.
+    env.setdefault("LLMQ_WEBHOOK_ALLOW_PRIVATE", "true")
     commands: list[tuple[str, str]] = []
     if settings.redis_url is None:
         port = _free_port()

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).with_name("providers.default.toml")
@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     # --- webhooks ------------------------------------------------------------------------------
     webhook_timeout_s: float = 10.0
+    # Refuse webhook URLs that resolve to loopback/private/link-local/CGNAT/multicast/reserved
+    # addresses unless this is set (development and tests; `llmq run` sets it).
+    webhook_allow_private: bool = False
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
     )
@@ -79,9 +82,19 @@ class Settings(BaseSettings):
     worker_concurrency: int = 100
     webhook_worker_concurrency: int = 20
     job_time_limit_s: int = 900
+    # Redis hands an unacked message to another worker after this long. A message lives unacked
+    # for one attempt (at most provider_timeout_s) or one countdown (at most max_countdown_s), so
+    # it must exceed both. Recovery of a dead worker's jobs never waits for it: leases do that.
     visibility_timeout_s: int = 3600
     sweep_interval_s: float = 5.0
+    # A worker renews the lease of each job it runs every lease_s/3; a job whose lease expired
+    # (its worker was SIGKILLed, its host lost) goes back to the queue at the next sweep.
     lease_s: float = 60.0
+    # A queued job enqueued longer ago than this and not started is enqueued again (its broker
+    # message may be lost: Redis restarted empty, an API process died between commit and enqueue).
+    requeue_after_s: float = 300.0
+    job_timeout_s: float = 3600.0  # deadline of a job that gives no timeout_s
+    job_timeout_max_s: float = 86400.0
 
     # --- HTTP ----------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -117,6 +130,16 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
+
+    @model_validator(mode="after")
+    def _visibility_covers_an_attempt(self) -> Settings:
+        longest = max(self.provider_timeout_s, self.max_countdown_s) + 60
+        if self.visibility_timeout_s < longest:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the longest time a "
+                f"message stays unacked (provider_timeout_s or max_countdown_s, plus 60 s): {longest:.0f}"
+            )
+        return self
 
     def model_post_init(self, __context: object) -> None:
         if not self.extra_providers:

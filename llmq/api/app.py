@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import redis
 import structlog
 from flask import Flask, Response, g, request
 
@@ -29,6 +30,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
     app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)
+    app.extensions["llmq.redis"] = redis.Redis.from_url(
+        settings.broker_url, socket_timeout=1, socket_connect_timeout=1
+    )
     configure_celery(settings)
 
     @app.before_request

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
-from sqlalchemy import delete, select
+from sqlalchemy import select, update
 
 from llmq.api.auth import require_tenant
 from llmq.api.errors import ApiError
@@ -25,7 +25,10 @@ from llmq.models.transitions import (
     create_job,
     get_job,
 )
+from llmq.models.webhook_events import events_for_job, schedule_redelivery
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.workers.inflight import publish_cancel
+from llmq.workers.ssrf import BlockedDestination, check_at_submit
 
 logger = structlog.get_logger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -73,15 +76,26 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
         raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")
+    timeout_s = float(spec.timeout_s) if spec.timeout_s is not None else settings.job_timeout_s
+    if timeout_s > settings.job_timeout_max_s:
+        raise ApiError(
+            422, f"timeout_s may be at most {settings.job_timeout_max_s:g}", type="validation_error"
+        )
+    webhook_url = str(spec.webhook_url) if spec.webhook_url else None
+    if webhook_url and not settings.webhook_allow_private:
+        try:
+            check_at_submit(webhook_url)
+        except BlockedDestination as exc:
+            raise ApiError(422, f"webhook_url refused: {exc}", type="validation_error") from None
     new = NewJob(
         model=model,
         messages=spec.message_dicts(),
         max_tokens=spec.max_tokens,
         temperature=float(spec.temperature) if spec.temperature is not None else None,
         user=spec.user,
-        webhook_url=str(spec.webhook_url) if spec.webhook_url else None,
+        webhook_url=webhook_url,
         metadata=spec.metadata,
-        timeout_s=float(spec.timeout_s) if spec.timeout_s is not None else None,
+        timeout_s=timeout_s,
     )
     try:
         with _db().transaction() as session:
@@ -102,15 +116,17 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     location = url_for("jobs.read", job_id=payload["id"])
     if not created:
         return jsonify(payload), 200, {"Location": location}
-    # The row is committed: now the broker. If it cannot take the job, nothing would ever run it,
-    # so the job is removed again and the client told to retry.
+    # The row is committed, so the job is durable: the database is the outbox. If the broker cannot
+    # take the message now, the job is marked never-enqueued and the sweeper enqueues it later.
     try:
         enqueue_job(payload["id"])
     except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        logger.warning("enqueue_failed", job_id=payload["id"], error=type(exc).__name__)
-        with _db().transaction() as session:
-            session.execute(delete(Job).where(Job.id == payload["id"]))
-        raise ApiError(503, "the job queue is unavailable; retry shortly", type="unavailable") from None
+        logger.warning("enqueue_deferred", job_id=payload["id"], error=type(exc).__name__)
+        try:
+            with _db().transaction() as session:
+                session.execute(update(Job).where(Job.id == payload["id"]).values(enqueued_at=None))
+        except Exception:  # still safe: the sweeper re-enqueues stale queued jobs too
+            logger.warning("enqueue_mark_failed", job_id=payload["id"])
     logger.info("job_submitted", job_id=payload["id"], model=model)
     return jsonify(payload), 202, {"Location": location}
 
@@ -173,6 +189,10 @@ def cancel(job_id: str) -> Response:
         raise ApiError(404, f"no job {job_id!r}") from None
     except JobAlreadyEnded as exc:
         raise ApiError(409, f"job {job_id} already ended as {exc.status}", type="job_already_ended") from None
+    try:  # tell the worker running it, if any, to stop waiting on the provider now
+        publish_cancel(current_app.extensions["llmq.redis"], job_id)
+    except Exception:  # the worker's lease keeper notices within lease_s / 3 anyway
+        logger.warning("cancel_publish_failed", job_id=job_id)
     for event_id in transition.event_ids:
         try:
             enqueue_webhook(event_id)
@@ -180,6 +200,37 @@ def cancel(job_id: str) -> Response:
             logger.warning("webhook_enqueue_failed", event_id=event_id)
     logger.info("job_cancelled", job_id=job_id)
     return jsonify(payload)
+
+
+@bp.get("/v1/jobs/<job_id>/webhooks")
+@require_tenant
+def webhooks(job_id: str) -> Response:
+    """Every webhook event of the job, with every delivery attempt."""
+    with _db().session() as session:
+        try:
+            get_job(session, g.tenant.id, job_id)
+        except JobNotFound:
+            raise ApiError(404, f"no job {job_id!r}") from None
+        data = events_for_job(session, job_id)
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.post("/v1/jobs/<job_id>/webhooks/redeliver")
+@require_tenant
+def redeliver(job_id: str) -> tuple[Response, int]:
+    """Send the job's final event once more, with the same ``webhook-id``."""
+    with _db().transaction() as session:
+        try:
+            get_job(session, g.tenant.id, job_id)
+        except JobNotFound:
+            raise ApiError(404, f"no job {job_id!r}") from None
+        event_id = schedule_redelivery(session, job_id, utcnow())
+        if event_id is None:
+            raise ApiError(409, "this job has no webhook event to redeliver yet", type="conflict")
+    enqueue_webhook(event_id)
+    with _db().session() as session:
+        data = events_for_job(session, job_id)
+    return jsonify({"object": "list", "data": data}), 202
 
 
 @bp.get("/v1/jobs")

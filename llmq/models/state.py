@@ -62,3 +62,4 @@ class AttemptOutcome(StrEnum):
     PERMANENT_ERROR = "permanent_error"
     DISCARDED = "discarded"  # the job ended (e.g. cancelled) while the call was in flight
     LOST = "lost"  # the worker vanished; found by the sweeper
+    INTERRUPTED = "interrupted"  # the worker shut down (a deploy) and handed the job back

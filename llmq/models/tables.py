@@ -53,6 +53,10 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
+        # The sweeper's questions: which queued jobs lost their message, which leases expired.
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_deadline", "status", "deadline_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -206,6 +206,7 @@ def claim_job(
             Job.id == job_id,
             Job.status == JobStatus.QUEUED.value,
             (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= due_by),
+            (Job.deadline_at.is_(None)) | (Job.deadline_at > now),
         )
         .values(
             status=JobStatus.PROCESSING.value,
@@ -390,6 +391,55 @@ def fail_attempt(
     if retry_at is not None:
         return TransitionResult(job=session.get(Job, claim.job_id), applied=True)
     return _ended(session, claim.job_id, JobStatus.FAILED, now)
+
+
+def hand_back(session: Session, claim: ClaimedJob, now: datetime) -> bool:
+    """``processing → queued`` at once: the worker is shutting down (a deploy) mid-call."""
+    applied = compare_and_set(
+        session,
+        update(Job)
+        .where(_holds_lease(claim))
+        .values(
+            status=JobStatus.QUEUED.value,
+            lease_token=None,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            wait_reason=None,
+            enqueued_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+    )
+    outcome = AttemptOutcome.INTERRUPTED if applied else AttemptOutcome.DISCARDED
+    _finish_attempt(session, claim, now, outcome=outcome.value, error_type="interrupted")
+    return applied
+
+
+def discard_attempt(session: Session, claim: ClaimedJob, now: datetime, latency_ms: int) -> None:
+    """The call was stopped because the job was cancelled or its lease taken over."""
+    _finish_attempt(session, claim, now, outcome=AttemptOutcome.DISCARDED.value, latency_ms=latency_ms)
+
+
+def expire_overdue(session: Session, job_id: str, now: datetime) -> TransitionResult:
+    """``queued → failed`` with a ``timeout`` error when the job's deadline has passed."""
+    applied = compare_and_set(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.deadline_at <= now)
+        .values(
+            status=JobStatus.FAILED.value,
+            error_type="timeout",
+            error_message="the job's deadline passed before it could complete",
+            next_attempt_at=None,
+            wait_reason=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+    )
+    if not applied:
+        return TransitionResult(job=None, applied=False)
+    return _ended(session, job_id, JobStatus.FAILED, now)
 
 
 # --- API side -------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from llmq.models.base import isoformat
 from llmq.models.state import WebhookEventStatus
 from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
 
@@ -111,3 +113,52 @@ def due_events(session: Session, *, now: datetime, limit: int = 500) -> list[str
             .limit(limit)
         )
     )
+
+
+def events_for_job(session: Session, job_id: str) -> list[dict[str, Any]]:
+    events = session.scalars(
+        select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.created_at)
+    ).all()
+    out = []
+    for event in events:
+        deliveries = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.event_id == event.id)
+            .order_by(WebhookDelivery.attempted_at, WebhookDelivery.id)
+        ).all()
+        out.append(
+            {
+                "id": event.id,
+                "type": event.type,
+                "url": event.url,
+                "status": event.status,
+                "attempts": event.attempts,
+                "next_attempt_at": isoformat(event.next_attempt_at),
+                "delivered_at": isoformat(event.delivered_at),
+                "deliveries": [
+                    {
+                        "attempt": d.attempt,
+                        "attempted_at": isoformat(d.attempted_at),
+                        "status_code": d.status_code,
+                        "latency_ms": d.latency_ms,
+                        "success": d.success,
+                        "error": d.error,
+                    }
+                    for d in deliveries
+                ],
+            }
+        )
+    return out
+
+
+def schedule_redelivery(session: Session, job_id: str, now: datetime) -> str | None:
+    """Make the job's latest event due now, whatever its state; returns its id."""
+    event = session.scalars(
+        select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.created_at.desc())
+    ).first()
+    if event is None:
+        return None
+    event.status = WebhookEventStatus.PENDING.value
+    event.next_attempt_at = now
+    event.updated_at = now
+    return event.id

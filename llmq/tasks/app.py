@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from kombu import Queue
 
 from llmq.settings import Settings, get_settings
@@ -107,5 +107,16 @@ def _on_worker_init(**_: object) -> None:
     init_sentry(settings.sentry_dsn, component="worker")
 
 
+def _on_worker_shutting_down(**_: object) -> None:
+    # Warm shutdown (SIGTERM, a deploy): stop the calls in flight; each task then hands its job
+    # back to the queue at once instead of holding the deploy up or waiting for a lease to expire.
+    from llmq.workers.runtime import current_runtime
+
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.shutdown_calls()
+
+
 worker_process_init.connect(_on_worker_process_init, weak=False)
 worker_init.connect(_on_worker_init, weak=False)
+worker_shutting_down.connect(_on_worker_shutting_down, weak=False)

@@ -14,7 +14,15 @@ import structlog
 from celery import Task
 
 from llmq.models.base import utcnow
-from llmq.models.transitions import claim_job, complete_job, fail_attempt
+from llmq.models.transitions import (
+    ClaimedJob,
+    claim_job,
+    complete_job,
+    discard_attempt,
+    expire_overdue,
+    fail_attempt,
+    hand_back,
+)
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
 from llmq.workers.call import call_provider
@@ -37,6 +45,13 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
             now=now,
         )
     if claim is None:
+        with rt.db.transaction() as session:
+            expired = expire_overdue(session, job_id, now)
+        if expired.applied:
+            for event_id in expired.event_ids:
+                enqueue_webhook(event_id)
+            logger.info("job_deadline_passed", job_id=job_id)
+            return "failed"
         logger.info("job_claim_skipped", job_id=job_id)
         return "skipped"
     structlog.contextvars.bind_contextvars(job_id=job_id)
@@ -44,6 +59,8 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
         logger.info("job_attempt_started", attempt=claim.attempt_number, model=claim.model)
         outcome = call_provider(rt, claim, now)
         done = utcnow()
+        if outcome.interrupted:
+            return _interrupted(rt, claim, outcome.latency_ms)
         with rt.db.transaction() as session:
             if outcome.result is not None:
                 transition = complete_job(session, claim, outcome.result, done)
@@ -87,6 +104,24 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
         return what
     finally:
         structlog.contextvars.unbind_contextvars("job_id")
+
+
+def _interrupted(rt: WorkerRuntime, claim: ClaimedJob, latency_ms: int) -> str:
+    """The call was stopped: hand the job back if we are shutting down, else it was cancelled or
+    taken over and the attempt is only recorded as discarded."""
+    now = utcnow()
+    with rt.db.transaction() as session:
+        if rt.inflight.shutting_down:
+            handed_back = hand_back(session, claim, now)
+        else:
+            discard_attempt(session, claim, now, latency_ms)
+            handed_back = False
+    if handed_back:
+        enqueue_job(claim.job_id)
+        logger.info("job_handed_back", attempt=claim.attempt_number)
+        return "handed_back"
+    logger.info("job_call_stopped", attempt=claim.attempt_number)
+    return "discarded"
 
 
 def _by_countdown(rt: WorkerRuntime, delay_s: float | None) -> bool:

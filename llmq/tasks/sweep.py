@@ -1,7 +1,12 @@
 """``llmq.sweep``, run by Celery beat every ``LLMQ_SWEEP_INTERVAL_S``: the database's view of what
 should be on the broker, put back where it is missing.
 
-- queued jobs parked for a long wait (``enqueued_at`` is null) whose time has come;
+- queued jobs never enqueued (the broker was down at submit) or parked for a long wait whose
+  time has come (``enqueued_at`` is null);
+- queued jobs whose message was enqueued more than ``LLMQ_REQUEUE_AFTER_S`` ago and never started
+  (Redis restarted empty, a countdown lost): enqueued again — a duplicate message is harmless,
+  the claim is a compare-and-set;
+- queued jobs past their deadline: failed with a ``timeout`` error;
 - jobs in ``processing`` whose lease expired (their worker died): back to ``queued``, the lost
   attempt recorded, or failed when no attempt is left;
 - webhook events due for an attempt that no broker message is carrying.
@@ -20,7 +25,7 @@ from sqlalchemy import select, update
 from llmq.models.base import utcnow
 from llmq.models.state import AttemptOutcome, JobStatus
 from llmq.models.tables import Attempt, Job
-from llmq.models.transitions import _ended, compare_and_set
+from llmq.models.transitions import _ended, compare_and_set, expire_overdue
 from llmq.models.webhook_events import due_events
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
@@ -34,19 +39,31 @@ BATCH = 500
 
 def sweep(rt: WorkerRuntime) -> dict[str, int]:
     now = utcnow()
-    counts = {"parked_enqueued": 0, "leases_recovered": 0, "webhooks_enqueued": 0}
+    counts = {"enqueued": 0, "leases_recovered": 0, "deadlines_passed": 0, "webhooks_enqueued": 0}
+    stale = now - timedelta(seconds=rt.settings.requeue_after_s)
+    queued = Job.status == JobStatus.QUEUED.value
     with rt.db.transaction() as session:
         due = list(
             session.scalars(
                 select(Job.id)
                 .where(
-                    Job.status == JobStatus.QUEUED.value,
+                    queued,
                     Job.enqueued_at.is_(None),
-                    Job.next_attempt_at <= now,
+                    Job.next_attempt_at.is_(None) | (Job.next_attempt_at <= now),
                 )
                 .order_by(Job.next_attempt_at)
                 .limit(BATCH)
             )
+        )
+        due += session.scalars(
+            select(Job.id)
+            .where(
+                queued,
+                Job.enqueued_at < stale,
+                Job.next_attempt_at.is_(None) | (Job.next_attempt_at < stale),
+            )
+            .order_by(Job.enqueued_at)
+            .limit(BATCH)
         )
         if due:
             session.execute(
@@ -57,7 +74,20 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
             )
     for job_id in due:
         enqueue_job(job_id)
-    counts["parked_enqueued"] = len(due)
+    counts["enqueued"] = len(due)
+    events: list[str] = []
+
+    with rt.db.session() as session:
+        overdue = list(
+            session.scalars(
+                select(Job.id).where(queued, Job.deadline_at < now).order_by(Job.deadline_at).limit(BATCH)
+            )
+        )
+    for job_id in overdue:
+        with rt.db.transaction() as session:
+            result = expire_overdue(session, job_id, now)
+        events.extend(result.event_ids)
+        counts["deadlines_passed"] += int(result.applied)
 
     with rt.db.transaction() as session:
         expired = session.execute(
@@ -66,7 +96,6 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
             .limit(BATCH)
         ).all()
     requeue: list[str] = []
-    events: list[str] = []
     for job_id, token, attempts, max_attempts in expired:
         with rt.db.transaction() as session:
             exhausted = attempts >= max_attempts

@@ -24,7 +24,9 @@ def deliver_event(rt: WorkerRuntime, event_id: str) -> str:
         event = claim_event(session, event_id, now=utcnow(), hold_s=settings.webhook_timeout_s + 30)
     if event is None:
         return "skipped"
-    outcome = post_event(rt.http, event, timeout_s=settings.webhook_timeout_s)
+    outcome = post_event(
+        rt.http, event, timeout_s=settings.webhook_timeout_s, allow_private=settings.webhook_allow_private
+    )
     delay = None
     if not outcome.success and not outcome.stop:
         delay = next_delivery_delay(settings.webhook_retry_schedule, event.attempt, outcome.retry_after_s)

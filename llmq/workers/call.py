@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +11,7 @@ from decimal import Decimal
 
 import structlog
 
+from llmq.models.base import utcnow
 from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest
 from llmq.workers.providers.registry import UnknownProviderError
@@ -24,6 +26,8 @@ class CallOutcome:
     result: CallResult | None = None
     failure: CallFailure | None = None
     retry_in_s: float | None = None  # set when the failure is to be retried
+    interrupted: bool = False  # the call was cancelled: job cancelled, lease lost, or shutdown
+    latency_ms: int = 0
 
 
 def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: datetime) -> ProviderRequest:
@@ -47,8 +51,14 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
     except UnknownProviderError as exc:
         return CallOutcome(failure=CallFailure("invalid_request", str(exc), None, None, 0, False))
     request = _request_for(rt, claim, bare_model, now)
+    if rt.inflight.shutting_down:
+        return CallOutcome(interrupted=True)
+    future = rt.submit(provider.complete(request))
+    rt.inflight.add(claim.job_id, claim.lease_token, future)
     try:
-        response = rt.run(provider.complete(request), timeout=request.timeout_s + 5.0)
+        response = future.result(timeout=request.timeout_s + 5.0)
+    except concurrent.futures.CancelledError:
+        return CallOutcome(interrupted=True, latency_ms=int((time.monotonic() - started) * 1000))
     except ProviderError as exc:
         latency_ms = int((time.monotonic() - started) * 1000)
         failure = CallFailure(
@@ -60,15 +70,32 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
             retryable=exc.retryable,
         )
         retry_in = None
-        if should_retry(exc, claim.attempt_number, claim.max_attempts):
+        if _past(claim.deadline_at):
+            failure = CallFailure(
+                "timeout",
+                f"the job's deadline passed; last error: {exc}"[:2000],
+                exc.status_code,
+                failure.retry_after_s,
+                latency_ms,
+                False,
+            )
+        elif should_retry(exc, claim.attempt_number, claim.max_attempts):
             retry_in = next_retry_delay(
                 exc,
                 claim.attempt_number,
                 base_s=rt.settings.retry_base_s,
                 cap_s=rt.settings.retry_cap_s,
             )
-            if claim.deadline_at is not None and (claim.deadline_at - now).total_seconds() < retry_in:
-                retry_in = None  # the job's deadline comes first: fail now
+            if claim.deadline_at is not None and (claim.deadline_at - utcnow()).total_seconds() < retry_in:
+                retry_in = None  # the job's deadline comes before the retry: it fails now, timed out
+                failure = CallFailure(
+                    error_type="timeout",
+                    message=f"the job's deadline comes before its next attempt; last error: {exc}"[:2000],
+                    http_status=exc.status_code,
+                    retry_after_s=failure.retry_after_s,
+                    latency_ms=latency_ms,
+                    retryable=False,
+                )
         logger.info(
             "provider_call_failed",
             job_id=claim.job_id,
@@ -79,12 +106,23 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
         )
         return CallOutcome(failure=failure, retry_in_s=retry_in)
     except TimeoutError:
+        future.cancel()
         latency_ms = int((time.monotonic() - started) * 1000)
         failure = CallFailure("timeout", "provider call exceeded its deadline", None, None, latency_ms, True)
         retry_in = None
-        if claim.attempt_number < claim.max_attempts:
+        if claim.attempt_number < claim.max_attempts and not _past(claim.deadline_at):
             retry_in = rt.settings.retry_base_s
         return CallOutcome(failure=failure, retry_in_s=retry_in)
+    except Exception as exc:  # a bug or an SDK surprise: record it, retry like a transient error
+        logger.exception("provider_call_crashed", job_id=claim.job_id, error=type(exc).__name__)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        failure = CallFailure("internal_error", type(exc).__name__, None, None, latency_ms, True)
+        retry_in = None
+        if claim.attempt_number < claim.max_attempts and not _past(claim.deadline_at):
+            retry_in = rt.settings.retry_base_s
+        return CallOutcome(failure=failure, retry_in_s=retry_in)
+    finally:
+        rt.inflight.remove(claim.job_id)
     latency_ms = int((time.monotonic() - started) * 1000)
     cost = rt.prices.cost_usd(claim.model, response.prompt_tokens, response.completion_tokens)
     return CallOutcome(
@@ -98,6 +136,10 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
             latency_ms=latency_ms,
         )
     )
+
+
+def _past(deadline: datetime | None) -> bool:
+    return deadline is not None and deadline <= utcnow()
 
 
 def _decimal(value: float) -> Decimal:

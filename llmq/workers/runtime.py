@@ -9,6 +9,7 @@ is enforced by asyncio whatever the pool. Built lazily, once per process (after 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ import httpx
 
 from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
+from llmq.workers.inflight import CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.providers.registry import ProviderRegistry
 
@@ -41,10 +43,24 @@ class WorkerRuntime:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
         self._thread.start()
+        self.inflight = InFlightCalls()
+        self.lease_keeper = LeaseKeeper(self.db, self.inflight, settings.lease_s)
+        self.lease_keeper.start()
+        self.cancel_listener = CancelListener(settings.broker_url, self.inflight)
+        self.cancel_listener.start()
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the process's event loop; cancelling the future cancels the call."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def shutdown_calls(self) -> int:
+        """A warm shutdown: stop every call; each task hands its job back to the queue."""
+        self.inflight.shutting_down = True
+        return self.inflight.cancel_all()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the process's event loop and wait for it from this (pool) thread."""
@@ -56,6 +72,8 @@ class WorkerRuntime:
             raise
 
     def close(self) -> None:
+        self.lease_keeper.stop()
+        self.cancel_listener.stop()
         try:
             self.run(self.registry.aclose(), timeout=5)
         finally:
@@ -78,6 +96,11 @@ def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
             _runtime = WorkerRuntime(settings or get_settings())
             _runtime_pid = os.getpid()
     return _runtime
+
+
+def current_runtime() -> WorkerRuntime | None:
+    """The runtime of this process if one was built (signal handlers must not build one)."""
+    return _runtime if _runtime_pid == os.getpid() else None
 
 
 def reset_runtime() -> None:

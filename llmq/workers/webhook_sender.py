@@ -15,6 +15,7 @@ import httpx
 from llmq.models.webhook_events import EventToSend
 from llmq.webhooks import sign
 from llmq.workers.providers.errors import parse_retry_after
+from llmq.workers.ssrf import BlockedDestination, pin
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,30 @@ class DeliveryOutcome:
     retry_after_s: float | None = None
 
 
-def post_event(client: httpx.Client, event: EventToSend, *, timeout_s: float) -> DeliveryOutcome:
+def post_event(
+    client: httpx.Client, event: EventToSend, *, timeout_s: float, allow_private: bool = False
+) -> DeliveryOutcome:
     headers = {
         "content-type": "application/json",
         "user-agent": "llmq-webhooks/1",
         **sign(event.secret, event.event_id, int(time.time()), event.payload),
     }
     started = time.monotonic()
+    url = event.url
+    extensions: dict[str, str] = {}
+    if not allow_private:
+        try:
+            pinned = pin(event.url)
+        except (BlockedDestination, OSError) as exc:
+            return DeliveryOutcome(False, None, _ms(started), f"refused: {exc}"[:500])
+        url = pinned.url
+        headers["host"] = pinned.host_header
+        if pinned.sni_hostname:
+            extensions["sni_hostname"] = pinned.sni_hostname
     try:
-        response = client.post(event.url, content=event.payload.encode(), headers=headers, timeout=timeout_s)
+        response = client.post(
+            url, content=event.payload.encode(), headers=headers, timeout=timeout_s, extensions=extensions
+        )
     except httpx.TimeoutException:
         return DeliveryOutcome(False, None, _ms(started), "timeout")
     except httpx.HTTPError as exc:

@@ -233,7 +233,7 @@ def test_ready_names_the_unreachable_broker(settings: Any, database: Database) -
     assert response.get_json()["checks"]["broker"].startswith("unreachable")
 
 
-def test_submit_with_the_broker_down_is_503_and_leaves_no_job(
+def test_submit_with_the_broker_down_is_still_accepted_and_kept_for_the_sweeper(
     settings: Any, tenant: IssuedKey, database: Database
 ) -> None:
     from llmq.api.app import create_app
@@ -246,9 +246,11 @@ def test_submit_with_the_broker_down_is_503_and_leaves_no_job(
         response = client.post(
             "/v1/jobs", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {tenant.api_key}"}
         )
-        assert response.status_code == 503
-        assert _error(response)["type"] == "unavailable"
-        assert _job_count(database, tenant) == 0
+        assert response.status_code == 202
+        with database.session() as session:
+            job = session.get(Job, response.get_json()["id"])
+            assert job is not None and job.status == "queued"
+            assert job.enqueued_at is None  # the outbox mark: the sweeper enqueues it
     finally:
         app.extensions["llmq.db"].dispose()
         configure_celery(settings)

@@ -1,0 +1,140 @@
+"""The provider calls a worker process is making right now, and the two threads that watch them.
+
+- :class:`LeaseKeeper` renews, in one UPDATE, the lease of every job this process is running,
+  every ``lease_s / 3``. A job whose lease it can no longer renew was cancelled or taken over:
+  its call is cancelled, so the worker stops waiting on the provider.
+- :class:`CancelListener` hears ``POST /v1/jobs/<id>/cancel`` on Redis pub/sub and cancels the
+  call at once (the lease keeper is the fallback if a message is missed).
+
+On a warm shutdown (SIGTERM, a deploy) every call is cancelled and each job is handed back to
+the queue by the task that ran it, so nothing waits for a lease to expire.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from datetime import timedelta
+from typing import Any
+
+import redis
+import structlog
+from sqlalchemy import tuple_, update
+
+from llmq.models.base import utcnow
+from llmq.models.db import Database
+from llmq.models.state import JobStatus
+from llmq.models.tables import Job
+
+logger = structlog.get_logger(__name__)
+
+CANCEL_CHANNEL = "llmq:cancel"
+
+
+class InFlightCalls:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, tuple[str, Future[Any]]] = {}
+        self.shutting_down = False
+
+    def add(self, job_id: str, lease_token: str, future: Future[Any]) -> None:
+        with self._lock:
+            self._calls[job_id] = (lease_token, future)
+
+    def remove(self, job_id: str) -> None:
+        with self._lock:
+            self._calls.pop(job_id, None)
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            entry = self._calls.get(job_id)
+        return bool(entry and entry[1].cancel())
+
+    def cancel_all(self) -> int:
+        with self._lock:
+            futures = [future for _, future in self._calls.values()]
+        return sum(1 for future in futures if future.cancel())
+
+    def snapshot(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(job_id, token) for job_id, (token, _) in self._calls.items()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(self, db: Database, inflight: InFlightCalls, lease_s: float) -> None:
+        super().__init__(name="llmq-lease-keeper", daemon=True)
+        self.db = db
+        self.inflight = inflight
+        self.lease_s = lease_s
+        self.interval = max(0.2, lease_s / 3)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.renew_once()
+            except Exception as exc:  # the database may be briefly away; try again next round
+                logger.warning("lease_renewal_failed", error=type(exc).__name__)
+
+    def renew_once(self) -> int:
+        held = self.inflight.snapshot()
+        if not held:
+            return 0
+        now = utcnow()
+        with self.db.transaction() as session:
+            renewed = set(
+                session.scalars(
+                    update(Job)
+                    .where(
+                        Job.status == JobStatus.PROCESSING.value,
+                        tuple_(Job.id, Job.lease_token).in_(held),
+                    )
+                    .values(lease_expires_at=now + timedelta(seconds=self.lease_s))
+                    .returning(Job.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        for job_id, _ in held:
+            if job_id not in renewed and self.inflight.cancel(job_id):
+                logger.info("lease_lost_call_cancelled", job_id=job_id)
+        return len(renewed)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class CancelListener(threading.Thread):
+    def __init__(self, redis_url: str, inflight: InFlightCalls) -> None:
+        super().__init__(name="llmq-cancel-listener", daemon=True)
+        self.redis_url = redis_url
+        self.inflight = inflight
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CANCEL_CHANNEL)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        job_id = message["data"].decode()
+                        if self.inflight.cancel(job_id):
+                            logger.info("cancelled_call_stopped", job_id=job_id)
+                pubsub.close()
+                client.close()
+            except Exception as exc:  # broker restarting: reconnect after a pause
+                logger.warning("cancel_listener_reconnecting", error=type(exc).__name__)
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def publish_cancel(client: redis.Redis, job_id: str) -> None:
+    client.publish(CANCEL_CHANNEL, job_id)

@@ -1,0 +1,223 @@
+"""Durability features on the real worker: the outbox sweeper, expired leases, cancellation that
+stops the provider call, per-job deadlines, webhook delivery listing and redelivery."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from llmq.models.base import utcnow
+from llmq.models.db import Database
+from llmq.models.tables import Attempt, Job
+from llmq.models.tenants import IssuedKey
+from llmq.models.transitions import NewJob, create_job
+from llmq.webhooks import verify
+from tests.integration.conftest import SimulatorControl, settle, unique_model, wait_for_status
+from tests.integration.services import WebhookReceiver, wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _attempts(database: Database, job_id: str) -> list[Attempt]:
+    with database.session() as session:
+        return list(session.query(Attempt).filter_by(job_id=job_id).order_by(Attempt.number))
+
+
+def test_a_job_the_broker_never_received_is_enqueued_by_the_sweeper(
+    client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, database: Database, sim: SimulatorControl
+) -> None:
+    bare = unique_model("outbox")
+    new = NewJob(model=f"openai/{bare}", messages=[{"role": "user", "content": "hi"}])
+    with database.transaction() as session:
+        job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=utcnow(), max_attempts=5)
+        job.enqueued_at = None  # committed but never on the broker, as when Redis was down at submit
+        job_id = job.id
+    done = wait_for_status(client, auth, job_id, {"completed"})
+    assert done["attempts"] == 1
+    assert sim.requests_for(bare) == 1
+
+
+def test_an_expired_lease_puts_the_job_back_and_a_late_answer_is_discarded(
+    client: FlaskClient, auth: dict[str, str], database: Database, sim: SimulatorControl
+) -> None:
+    """A worker that stops renewing (here: its lease token is taken over in the database, as
+    after a SIGKILL) loses the job; the sweeper requeues it and the next attempt completes."""
+    bare = unique_model("lease")
+    sim.script(bare, [{"fault": "ok", "latency": 4}])
+    job = client.post("/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}"}, headers=auth).get_json()
+    wait_for_status(client, auth, job["id"], {"processing"})
+    with database.transaction() as session:  # simulate a dead worker: foreign token, lease expired
+        session.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(lease_token=secrets.token_hex(8), lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    done = wait_for_status(client, auth, job["id"], {"completed", "failed"}, timeout=30)
+    assert done["status"] == "completed"
+    attempts = _attempts(database, job["id"])
+    assert [a.outcome for a in attempts][-1] == "success"
+    assert attempts[0].outcome in {"lost", "discarded"}
+    assert len([a for a in attempts if a.outcome == "success"]) == 1
+
+
+def test_cancel_stops_the_provider_call_at_once(
+    client: FlaskClient, auth: dict[str, str], database: Database, sim: SimulatorControl
+) -> None:
+    bare = unique_model("longcall")
+    sim.script(bare, [{"fault": "ok", "latency": 60}])
+    job = client.post("/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}"}, headers=auth).get_json()
+    wait_for(lambda: sim.stats()["in_flight_by_model"].get(bare), what="the call to reach the provider")
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).get_json()["status"] == "cancelled"
+    # The worker stops waiting: the connection to the provider is closed long before its 60 s.
+    wait_for(lambda: not sim.stats()["in_flight_by_model"].get(bare), timeout=15, what="the call to stop")
+    attempt = wait_for(
+        lambda: (a := _attempts(database, job["id"])[0]).ended_at and a, what="the attempt to end"
+    )
+    assert attempt.outcome == "discarded"
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json()["status"] == "cancelled"
+
+
+def test_job_deadline_cuts_a_hung_call_and_fails_with_timeout(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl
+) -> None:
+    bare = unique_model("deadline")
+    sim.script(bare, [], default={"fault": "hang", "seconds": 60})
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}", "timeout_s": 1.5}, headers=auth
+    ).get_json()
+    done = wait_for_status(client, auth, job["id"], {"completed", "failed"}, timeout=30)
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "timeout"
+
+
+def test_a_retry_that_would_land_after_the_deadline_fails_the_job_now(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl
+) -> None:
+    bare = unique_model("late-retry")
+    sim.script(bare, [{"fault": "429", "retry_after": 120}])
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "model": f"openai/{bare}", "timeout_s": 30}, headers=auth
+    ).get_json()
+    done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
+    assert done["status"] == "failed" and done["attempts"] == 1
+    assert done["error"]["type"] == "timeout"
+    assert "rate" in done["error"]["message"].lower() or "429" in done["error"]["message"]
+
+
+def test_timeout_above_the_maximum_is_refused(
+    client: FlaskClient, auth: dict[str, str], settings: Any
+) -> None:
+    response = client.post(
+        "/v1/jobs", json={"prompt": "hi", "timeout_s": settings.job_timeout_max_s + 1}, headers=auth
+    )
+    assert response.status_code == 422
+
+
+def test_webhook_deliveries_are_listed_and_can_be_redelivered_with_the_same_id(
+    client: FlaskClient, auth: dict[str, str], tenant: IssuedKey, webhook_receiver: WebhookReceiver
+) -> None:
+    path = f"/hook/{unique_model('redeliver')}"
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "webhook_url": webhook_receiver.url(path)}, headers=auth
+    ).get_json()
+    wait_for_status(client, auth, job["id"], {"completed"})
+    wait_for(lambda: webhook_receiver.for_path(path), what="the first delivery")
+    listed = wait_for(
+        lambda: (
+            (d := client.get(f"/v1/jobs/{job['id']}/webhooks", headers=auth).get_json()["data"])
+            and d[0]["status"] == "delivered"
+            and d
+        ),
+        what="the delivery to be recorded",
+    )
+    assert listed[0]["type"] == "job.completed"
+    assert [(d["attempt"], d["status_code"], d["success"]) for d in listed[0]["deliveries"]] == [
+        (1, 204, True)
+    ]
+    assert listed[0]["deliveries"][0]["latency_ms"] is not None
+
+    response = client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver", headers=auth)
+    assert response.status_code == 202
+    hooks = wait_for(lambda: len(h := webhook_receiver.for_path(path)) >= 2 and h, what="the redelivery")
+    assert hooks[0].headers["webhook-id"] == hooks[1].headers["webhook-id"] == listed[0]["id"]
+    assert hooks[0].body == hooks[1].body
+    verify(tenant.webhook_secret, hooks[1].body, hooks[1].headers)
+
+
+def test_redeliver_without_an_event_is_409(client: FlaskClient, auth: dict[str, str]) -> None:
+    job = client.post("/v1/jobs", json={"prompt": "hi"}, headers=auth).get_json()
+    wait_for_status(client, auth, job["id"], {"completed"})
+    response = client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver", headers=auth)
+    assert response.status_code == 409
+
+
+def test_410_gone_stops_the_retries(
+    client: FlaskClient, auth: dict[str, str], webhook_receiver: WebhookReceiver
+) -> None:
+    path = f"/hook/{unique_model('gone')}"
+    webhook_receiver.fail_next(path, 5, status=410)
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "webhook_url": webhook_receiver.url(path)}, headers=auth
+    ).get_json()
+    wait_for(lambda: webhook_receiver.for_path(path), what="the delivery")
+    settle(3.0)  # the compressed schedule would have retried by now
+    assert len(webhook_receiver.for_path(path)) == 1
+    events = client.get(f"/v1/jobs/{job['id']}/webhooks", headers=auth).get_json()["data"]
+    assert events[0]["status"] == "stopped"
+
+
+def test_a_redirect_is_a_failure_and_is_not_followed(
+    client: FlaskClient, auth: dict[str, str], webhook_receiver: WebhookReceiver
+) -> None:
+    path = f"/hook/{unique_model('redirect')}"
+    webhook_receiver.fail_next(path, 1, status=302)
+    job = client.post(
+        "/v1/jobs", json={"prompt": "hi", "webhook_url": webhook_receiver.url(path)}, headers=auth
+    ).get_json()
+    wait_for(lambda: len(webhook_receiver.for_path(path)) >= 2, what="the retry after the 302")
+    events = wait_for(
+        lambda: (
+            (e := client.get(f"/v1/jobs/{job['id']}/webhooks", headers=auth).get_json()["data"])[0]["status"]
+            == "delivered"
+            and e
+        )
+    )
+    assert [d["status_code"] for d in events[0]["deliveries"]] == [302, 204]
+
+
+def test_private_webhook_urls_are_refused_when_the_guard_is_on(
+    settings: Any, tenant: IssuedKey, database: Database
+) -> None:
+    from llmq.api.app import create_app
+
+    guarded = settings.model_copy(update={"webhook_allow_private": False})
+    app = create_app(guarded)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {tenant.api_key}"}
+    try:
+        for url in (
+            "http://127.0.0.1:9000/hook",
+            "http://localhost/hook",
+            "http://10.1.2.3/hook",
+            "http://192.168.1.1/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/hook",
+            "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://224.0.0.1/hook",
+            "http://0.0.0.0/hook",
+        ):
+            response = client.post("/v1/jobs", json={"prompt": "hi", "webhook_url": url}, headers=headers)
+            assert response.status_code == 422, url
+            assert "refused" in response.get_json()["error"]["message"]
+        accepted = client.post(
+            "/v1/jobs", json={"prompt": "hi", "webhook_url": "https://93.184.215.14/hook"}, headers=headers
+        )
+        assert accepted.status_code == 202
+    finally:
+        app.extensions["llmq.db"].dispose()
