@@ -196,6 +196,7 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
 def api(workers: int | None) -> None:
     """Serve the HTTP API under gunicorn."""
     settings = get_settings()
+    _check_providers_file(settings.providers_file)
     metrics_dir = settings.var_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,7 @@ def api(workers: int | None) -> None:
 def worker(queues: str, concurrency: int | None, pool: str, name: str | None) -> None:
     """Run a Celery worker (threads pool: LLM calls are waiting, not computing)."""
     settings = get_settings()
+    _check_providers_file(settings.providers_file)
     if concurrency is None:
         concurrency = (
             settings.webhook_worker_concurrency if queues == "webhooks" else settings.worker_concurrency
@@ -289,6 +291,7 @@ def run() -> None:
     from llmq.models.migrate import upgrade
 
     settings = get_settings()
+    _check_providers_file(settings.providers_file)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -320,6 +323,15 @@ def run() -> None:
         manager.add_process(name, command, env=env)
     manager.loop()
     sys.exit(manager.returncode)
+
+
+def _check_providers_file(path: Path) -> None:
+    from llmq.workers.pricing import ProvidersFileError, load_providers_file
+
+    try:
+        load_providers_file(path)
+    except ProvidersFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _embedded_redis_argv(port: int, var_dir: Path) -> list[str]:

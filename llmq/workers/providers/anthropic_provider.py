@@ -36,6 +36,7 @@ from llmq.workers.providers.errors import (
     ProviderStreamError,
     ProviderTimeoutError,
     describe,
+    dropped_connection,
     error_for_status,
     parse_retry_after,
     scrub_message,
@@ -88,12 +89,14 @@ class AnthropicProvider:
         # large max_tokens is refused before it is sent ("streaming is required").
         self._timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
         if http_client is None:
-            http_client = httpx2.AsyncClient(
+            # The SDK's own aiohttp transport: with hundreds of calls in flight it costs a
+            # fraction of the CPU of the default httpx2 pool (see BENCHMARKS.md).
+            http_client = anthropic.DefaultAioHttpClient(
                 timeout=self._timeout,
                 limits=httpx2.Limits(
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 ),
-                follow_redirects=True,
+                follow_redirects=False,
             )
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
@@ -212,7 +215,9 @@ class AnthropicProvider:
                 text, secrets=(self._api_key,), prompts=(m.content for m in request.messages)
             )
 
-        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException) and not dropped_connection(
+            exc
+        ):
             where = "while streaming" if streaming else "waiting for the answer"
             return ProviderTimeoutError(f"{self.name}: timed out {where}")
         if isinstance(exc, anthropic.APIConnectionError | httpx2.HTTPError):

@@ -323,3 +323,25 @@ def describe(exc: BaseException) -> str:
     inner = cause if cause is not None and type(exc).__name__.endswith("ConnectionError") else exc
     detail = str(inner).strip()
     return f"{type(inner).__name__}: {detail}" if detail else type(inner).__name__
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """True when the root of ``exc`` is the server closing the connection, not a timeout.
+
+    The SDKs' aiohttp transport reports every ``aiohttp.ClientConnectionError`` as an httpx2
+    ``ConnectTimeout``; a dropped connection is a connection error, and is told apart here.
+    """
+    import aiohttp
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ServerTimeoutError | TimeoutError):
+            return False
+        if isinstance(
+            current, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
