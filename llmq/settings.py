@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     provider_timeout_s: float = 120.0
     provider_connect_timeout_s: float = 5.0
     provider_max_connections: int = 1000
+    # Calls stream, so a long generation shows its progress and partial text while it runs;
+    # progress is written to the database at most once per progress_interval_s per job.
+    stream: bool = True
+    progress_interval_s: float = 1.0
 
     # --- retries -------------------------------------------------------------------------------
     max_attempts: int = 5

@@ -68,11 +68,14 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
     model = spec.model or settings.default_model
     registry = current_app.extensions["llmq.registry"]
-    if not registry.is_known(model):
-        known = ", ".join(sorted(registry.known_providers()))
-        raise ApiError(
-            422, f"unknown provider in model {model!r}; known providers: {known}", type="validation_error"
-        )
+    for candidate in [model, *(spec.fallbacks or [])]:
+        if candidate != "auto" and not registry.is_known(candidate):
+            known = ", ".join(sorted(registry.known_providers()))
+            raise ApiError(
+                422,
+                f"unknown provider in model {candidate!r}; known providers: {known}",
+                type="validation_error",
+            )
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
         raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")
@@ -96,6 +99,9 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         webhook_url=webhook_url,
         metadata=spec.metadata,
         timeout_s=timeout_s,
+        fallbacks=spec.fallbacks,
+        use_cache=spec.cache,
+        degraded_ok=spec.degraded_ok,
     )
     try:
         with _db().transaction() as session:

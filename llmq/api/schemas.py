@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -36,7 +37,7 @@ class JobCreate(BaseModel):
 
     messages: Annotated[list[Message], Field(min_length=1, max_length=1000)] | None = None
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
-    model: Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN)] | None = None
+    model: Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN + "|^auto$")] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     webhook_url: AnyHttpUrl | None = None
@@ -45,6 +46,14 @@ class JobCreate(BaseModel):
     ] = Field(default_factory=dict, max_length=16)
     user: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
     timeout_s: Annotated[StrictFloat, Field(gt=0, le=86_400)] | None = None
+    fallbacks: (
+        Annotated[
+            list[Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN)]], Field(max_length=5)
+        ]
+        | None
+    ) = None
+    cache: StrictBool | None = None
+    degraded_ok: StrictBool = False
 
     @model_validator(mode="after")
     def _one_of_prompt_or_messages(self) -> JobCreate:
@@ -109,6 +118,11 @@ class JobOut(BaseModel):
     webhook_url: str | None
     next_attempt_at: str | None
     wait_reason: str | None
+    route_reason: str | None
+    partial_text: str | None
+    cached: bool
+    degraded: bool
+    fallbacks: list[str] | None
 
 
 class JobList(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -75,11 +76,18 @@ class Job(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     deadline_at: Mapped[datetime | None]
+    fallbacks: Mapped[list[str] | None] = mapped_column(JSONType)  # the job's own chain, if given
+    use_cache: Mapped[bool | None] = mapped_column(Boolean)  # None: as the settings say
+    degraded_ok: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # --- progress and outcome ------------------------------------------------------------------
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     served_by: Mapped[str | None] = mapped_column(String(200))
+    route_reason: Mapped[str | None] = mapped_column(String(200))  # why "auto" chose its model
+    partial_text: Mapped[str | None] = mapped_column(Text)  # streamed so far, while processing
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    degraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     result_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -186,11 +194,13 @@ def job_public(job: Job) -> dict[str, Any]:
         "status": job.status,
         "model": job.model,
         "served_by": job.served_by,
+        "route_reason": job.route_reason,
         "created_at": isoformat(job.created_at),
         "started_at": isoformat(job.started_at),
         "completed_at": isoformat(job.completed_at),
         "attempts": job.attempts,
         "progress": job.progress,
+        "partial_text": job.partial_text if job.status == "processing" else None,
         "result": result,
         "usage": usage,
         "cost_usd": float(job.cost_usd) if job.cost_usd is not None else None,
@@ -199,4 +209,7 @@ def job_public(job: Job) -> dict[str, Any]:
         "webhook_url": job.webhook_url,
         "next_attempt_at": isoformat(job.next_attempt_at),
         "wait_reason": job.wait_reason,
+        "cached": bool(job.cached),
+        "degraded": bool(job.degraded),
+        "fallbacks": job.fallbacks,
     }

@@ -60,6 +60,9 @@ class NewJob:
     webhook_url: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
+    fallbacks: list[str] | None = None
+    use_cache: bool | None = None
+    degraded_ok: bool = False
 
     def fingerprint(self) -> str:
         canonical = json.dumps(
@@ -72,6 +75,9 @@ class NewJob:
                 "webhook_url": self.webhook_url,
                 "metadata": self.metadata,
                 "timeout_s": self.timeout_s,
+                "fallbacks": self.fallbacks,
+                "use_cache": self.use_cache,
+                "degraded_ok": self.degraded_ok,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -142,6 +148,9 @@ def create_job(
             request_fingerprint=fingerprint,
             max_attempts=max_attempts,
             deadline_at=now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
+            fallbacks=new.fallbacks,
+            use_cache=new.use_cache,
+            degraded_ok=new.degraded_ok,
             attempts=0,
             progress=0.0,
             enqueued_at=now,
@@ -315,6 +324,7 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
             cost_usd=result.cost_usd,
             served_by=result.served_by,
             progress=1.0,
+            partial_text=None,
             error_type=None,
             error_message=None,
             lease_token=None,
@@ -355,6 +365,8 @@ def fail_attempt(
     if retry_at is not None:
         values: dict[str, Any] = {
             "status": JobStatus.QUEUED.value,
+            "progress": 0.0,
+            "partial_text": None,
             "next_attempt_at": retry_at,
             "wait_reason": wait_reason,
             # None: parked in the database until the sweeper enqueues it when due.
@@ -401,6 +413,8 @@ def hand_back(session: Session, claim: ClaimedJob, now: datetime) -> bool:
         .where(_holds_lease(claim))
         .values(
             status=JobStatus.QUEUED.value,
+            progress=0.0,
+            partial_text=None,
             lease_token=None,
             lease_expires_at=None,
             next_attempt_at=None,

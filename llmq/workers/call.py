@@ -53,7 +53,14 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
     request = _request_for(rt, claim, bare_model, now)
     if rt.inflight.shutting_down:
         return CallOutcome(interrupted=True)
-    future = rt.submit(provider.complete(request))
+    on_progress = None
+    if rt.settings.stream:
+        max_tokens = claim.max_tokens or rt.settings.default_max_tokens
+
+        def on_progress(text: str, tokens: int) -> None:
+            rt.progress.report(claim.job_id, claim.lease_token, text, tokens, max_tokens)
+
+    future = rt.submit(provider.complete(request, on_progress))
     rt.inflight.add(claim.job_id, claim.lease_token, future)
     try:
         response = future.result(timeout=request.timeout_s + 5.0)
@@ -123,6 +130,7 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
         return CallOutcome(failure=failure, retry_in_s=retry_in)
     finally:
         rt.inflight.remove(claim.job_id)
+        rt.progress.forget(claim.job_id)
     latency_ms = int((time.monotonic() - started) * 1000)
     cost = rt.prices.cost_usd(claim.model, response.prompt_tokens, response.completion_tokens)
     return CallOutcome(

@@ -22,6 +22,7 @@ from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
 from llmq.workers.inflight import CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
+from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 
 T = TypeVar("T")
@@ -48,6 +49,8 @@ class WorkerRuntime:
         self.lease_keeper.start()
         self.cancel_listener = CancelListener(settings.broker_url, self.inflight)
         self.cancel_listener.start()
+        self.progress = ProgressWriter(self.db, settings.progress_interval_s)
+        self.progress.start()
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -74,6 +77,7 @@ class WorkerRuntime:
     def close(self) -> None:
         self.lease_keeper.stop()
         self.cancel_listener.stop()
+        self.progress.stop()
         try:
             self.run(self.registry.aclose(), timeout=5)
         finally:

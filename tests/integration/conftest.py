@@ -86,6 +86,7 @@ def settings() -> Settings:
         lease_s=3.0,
         requeue_after_s=10.0,
         webhook_allow_private=True,
+        progress_interval_s=0.3,
         worker_concurrency=20,
         log_json=True,
         log_level="INFO",

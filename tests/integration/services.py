@@ -67,6 +67,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "LLMQ_REQUEUE_AFTER_S": str(settings.requeue_after_s),
             "LLMQ_JOB_TIMEOUT_S": str(settings.job_timeout_s),
             "LLMQ_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
+            "LLMQ_STREAM": str(settings.stream).lower(),
+            "LLMQ_PROGRESS_INTERVAL_S": str(settings.progress_interval_s),
             "LLMQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
             "LLMQ_LOG_LEVEL": settings.log_level,
             "PYTHONUNBUFFERED": "1",

@@ -258,3 +258,12 @@ def test_submit_with_the_broker_down_is_still_accepted_and_kept_for_the_sweeper(
 
 def test_migrations_have_a_single_head() -> None:
     assert len(heads()) == 1
+
+
+def test_the_migrated_schema_matches_the_models(settings: Any, database: Database) -> None:
+    """The test database was built by running the migrations; the models must not differ."""
+    from alembic import command
+
+    from llmq.models.migrate import alembic_config
+
+    command.check(alembic_config(settings.database_url))

@@ -294,3 +294,52 @@ def test_a_job_that_ended_never_runs_again(
     settle(1.5)
     assert sim.requests_for(bare) == 1
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json() == done
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_streamed_job_shows_progress_and_partial_text_while_it_runs(
+    provider: str, client: FlaskClient, auth: dict[str, str], sim: SimulatorControl
+) -> None:
+    bare = unique_model(f"stream-{provider}")
+    sim.script(bare, [{"fault": "ok", "latency": 4}])
+    job = client.post(
+        "/v1/jobs",
+        json={"prompt": "Tell me a story", "model": f"{provider}/{bare}", "max_tokens": 40},
+        headers=auth,
+    ).get_json()
+    running = wait_for(
+        lambda: (
+            (j := client.get(f"/v1/jobs/{job['id']}", headers=auth).get_json())["status"] == "processing"
+            and j["partial_text"]
+            and j
+        ),
+        timeout=20,
+        what="partial text while processing",
+    )
+    assert 0 < running["progress"] < 1
+    assert running["result"] is None
+    done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
+    assert done["status"] == "completed"
+    assert done["progress"] == 1.0 and done["partial_text"] is None
+    assert done["result"]["text"].startswith(running["partial_text"].split()[0])
+    assert len(done["result"]["text"]) >= len(running["partial_text"])
+
+
+def test_a_stream_dropped_halfway_is_retried_and_the_partial_text_is_not_kept(
+    client: FlaskClient, auth: dict[str, str], sim: SimulatorControl, database: Database
+) -> None:
+    reference_model = unique_model("whole")
+    reference = client.post(
+        "/v1/jobs", json={"prompt": "Same prompt", "model": f"openai/{reference_model}"}, headers=auth
+    ).get_json()
+    expected = wait_for_status(client, auth, reference["id"], {"completed"})["result"]["text"]
+
+    bare = unique_model("streamdrop")
+    sim.script(bare, [{"fault": "stream_drop", "after_words": 3}])
+    job = client.post(
+        "/v1/jobs", json={"prompt": "Same prompt", "model": f"openai/{bare}"}, headers=auth
+    ).get_json()
+    done = wait_for_status(client, auth, job["id"], {"completed", "failed"})
+    assert done["status"] == "completed" and done["attempts"] == 2
+    assert done["result"]["text"] == expected
+    assert [a.error_type for a in _attempts(database, job["id"])] == ["stream_error", None]

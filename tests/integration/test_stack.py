@@ -123,9 +123,11 @@ def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(
         assert "queued" in submitted.stderr or "processing" in submitted.stderr  # the live view
 
         workers = wait_for(
-            lambda: (r := httpx.get(f"{flower}/api/workers?refresh=1", timeout=5)).status_code == 200
-            and any(name.startswith("llm@") for name in r.json())
-            and r.json(),
+            lambda: (
+                (r := httpx.get(f"{flower}/api/workers?refresh=1", timeout=5)).status_code == 200
+                and any(name.startswith("llm@") for name in r.json())
+                and r.json()
+            ),
             timeout=60,
             what="Flower to list the LLM worker",
         )

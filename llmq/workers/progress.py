@@ -1,0 +1,84 @@
+"""Throttled progress writes for streamed calls.
+
+A streaming call reports its text so far on every chunk; writing each one would cost a database
+round trip per token. Reports are kept in memory instead and written every ``interval_s`` in one
+batched UPDATE per flush, each guarded by the job's lease so that nothing is written to a job that
+ended, was cancelled or was taken over in between.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import cast
+
+import structlog
+from sqlalchemy import Table, bindparam, update
+
+from llmq.models.db import Database
+from llmq.models.state import JobStatus
+from llmq.models.tables import Job
+
+logger = structlog.get_logger(__name__)
+
+MAX_PARTIAL_CHARS = 100_000
+
+
+@dataclass
+class _Report:
+    lease_token: str
+    text: str
+    progress: float
+
+
+class ProgressWriter(threading.Thread):
+    def __init__(self, db: Database, interval_s: float = 1.0) -> None:
+        super().__init__(name="llmq-progress-writer", daemon=True)
+        self.db = db
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Report] = {}
+        self._stop = threading.Event()
+
+    def report(self, job_id: str, lease_token: str, text: str, tokens: int, max_tokens: int) -> None:
+        """Cheap, called from the event loop on every streamed chunk."""
+        progress = min(0.99, tokens / max_tokens) if max_tokens > 0 else 0.0
+        with self._lock:
+            self._pending[job_id] = _Report(lease_token, text[-MAX_PARTIAL_CHARS:], progress)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._pending.pop(job_id, None)
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except Exception as exc:  # the database may be briefly away; the next flush catches up
+                logger.warning("progress_flush_failed", error=type(exc).__name__)
+
+    def flush(self) -> int:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        table = cast(Table, Job.__table__)
+        statement = (
+            update(table)
+            .where(
+                table.c.id == bindparam("job_id"),
+                table.c.status == JobStatus.PROCESSING.value,
+                table.c.lease_token == bindparam("token"),
+            )
+            .values(progress=bindparam("new_progress"), partial_text=bindparam("new_text"))
+        )
+        rows = [
+            {"job_id": job_id, "token": r.lease_token, "new_progress": r.progress, "new_text": r.text}
+            for job_id, r in batch.items()
+        ]
+        with self.db.transaction() as session:
+            session.connection().execute(statement, rows)
+        return len(rows)
+
+    def stop(self) -> None:
+        self._stop.set()
