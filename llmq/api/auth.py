@@ -1,17 +1,54 @@
-"""Bearer API keys: each request's key is hashed and looked up; the tenant lands on ``g.tenant``."""
+"""Bearer API keys: each request's key is hashed and looked up; the tenant lands on ``g.tenant``.
+
+Lookups are cached in the process for ``KEY_CACHE_TTL_S`` (a revoked key stops working within
+that time), which saves a database round trip on almost every request.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import current_app, g, request
 
 from llmq.api.errors import ApiError
-from llmq.models.tenants import tenant_for_key
+from llmq.models.tenants import hash_api_key, tenant_for_key
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+KEY_CACHE_TTL_S = 10.0
+_cache: dict[str, tuple[float, AuthenticatedTenant]] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AuthenticatedTenant:
+    id: str
+    name: str
+
+
+def _lookup(api_key: str) -> AuthenticatedTenant:
+    digest = hash_api_key(api_key)
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    with current_app.extensions["llmq.db"].session() as session:
+        tenant = tenant_for_key(session, api_key)
+        if tenant is None:
+            raise ApiError(401, "invalid API key")
+        found = AuthenticatedTenant(id=tenant.id, name=tenant.name)
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest] = (now + KEY_CACHE_TTL_S, found)
+    return found
 
 
 def require_tenant(view: F) -> F:
@@ -21,12 +58,7 @@ def require_tenant(view: F) -> F:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-        with current_app.extensions["llmq.db"].session() as session:
-            tenant = tenant_for_key(session, key.strip())
-            if tenant is None:
-                raise ApiError(401, "invalid API key")
-            session.expunge(tenant)
-        g.tenant = tenant
+        g.tenant = _lookup(key.strip())
         return view(*args, **kwargs)
 
     return cast(F, wrapper)

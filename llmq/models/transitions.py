@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, select, update
+from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -224,6 +224,7 @@ def claim_job(
             lease_expires_at=now + timedelta(seconds=lease_s),
             next_attempt_at=None,
             wait_reason=None,
+            started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
         .returning(
@@ -236,14 +237,11 @@ def claim_job(
             Job.temperature,
             Job.end_user,
             Job.deadline_at,
-            Job.started_at,
         )
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
         return None
-    if row.started_at is None:
-        session.execute(update(Job).where(Job.id == job_id).values(started_at=now))
     provider = row.model.split("/", 1)[0]
     session.add(
         Attempt(
@@ -310,8 +308,7 @@ def _holds_lease(claim: ClaimedJob) -> Any:
 
 def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: datetime) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    applied = compare_and_set(
-        session,
+    job = session.scalars(
         update(Job)
         .where(_holds_lease(claim))
         .values(
@@ -332,8 +329,10 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
             completed_at=now,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False),
-    )
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).first()
+    applied = job is not None
     _finish_attempt(
         session,
         claim,
@@ -344,9 +343,9 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
     )
-    if not applied:
+    if job is None:
         return TransitionResult(job=None, applied=False)
-    return _ended(session, claim.job_id, JobStatus.COMPLETED, now)
+    return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job)
 
 
 def fail_attempt(
@@ -489,8 +488,11 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) 
     return _ended(session, job_id, JobStatus.CANCELLED, now)
 
 
-def _ended(session: Session, job_id: str, status: JobStatus, now: datetime) -> TransitionResult:
-    job = session.get(Job, job_id, populate_existing=True)
+def _ended(
+    session: Session, job_id: str, status: JobStatus, now: datetime, job: Job | None = None
+) -> TransitionResult:
+    if job is None:
+        job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
     event_ids: list[str] = []
     if job.webhook_url:
