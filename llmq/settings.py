@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # A wait up to this long is scheduled as a Celery countdown; longer ones park in the database.
     max_countdown_s: float = 300.0
 
+    # The answer of a job that asked for degraded_ok when every model failed.
+    degraded_text: str = "The service could not generate an answer right now. Please try again later."
+
     # --- webhooks ------------------------------------------------------------------------------
     webhook_timeout_s: float = 10.0
     # Refuse webhook URLs that resolve to loopback/private/link-local/CGNAT/multicast/reserved

@@ -63,3 +63,5 @@ class AttemptOutcome(StrEnum):
     DISCARDED = "discarded"  # the job ended (e.g. cancelled) while the call was in flight
     LOST = "lost"  # the worker vanished; found by the sweeper
     INTERRUPTED = "interrupted"  # the worker shut down (a deploy) and handed the job back
+    CACHED = "cached"  # answered from the response cache: no provider call
+    DEGRADED = "degraded"  # every model failed; the job asked for the template answer

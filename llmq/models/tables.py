@@ -80,6 +80,10 @@ class Job(Base):
     use_cache: Mapped[bool | None] = mapped_column(Boolean)  # None: as the settings say
     degraded_ok: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
+    # --- routing: the model the next attempt uses (a fallback moves it along the chain) ---------
+    current_model: Mapped[str | None] = mapped_column(String(200))
+    model_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
     # --- progress and outcome ------------------------------------------------------------------
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -100,6 +100,13 @@ class ClaimedJob:
     temperature: float | None
     user: str | None
     deadline_at: datetime | None
+    requested_model: str = ""
+    current_model: str | None = None
+    model_attempts: int = 1
+    fallbacks: list[str] | None = None
+    use_cache: bool | None = None
+    degraded_ok: bool = False
+    worker: str | None = None
 
 
 @dataclass
@@ -207,7 +214,10 @@ def claim_job(
     early_s: float = 0.5,
 ) -> ClaimedJob | None:
     """``queued → processing`` for one attempt, if the job is queued and due. ``None`` otherwise
-    (already running elsewhere, ended, cancelled, or a retry that is not due yet)."""
+    (already running elsewhere, ended, cancelled, or a retry that is not due yet).
+
+    The attempt is counted here; the caller then either records it with :func:`record_attempt`
+    (the call goes ahead, in the same transaction) or takes it back with :func:`park_job`."""
     due_by = now + timedelta(seconds=early_s)
     row = session.execute(
         update(Job)
@@ -220,6 +230,7 @@ def claim_job(
         .values(
             status=JobStatus.PROCESSING.value,
             attempts=Job.attempts + 1,
+            model_attempts=Job.model_attempts + 1,
             lease_token=lease_token,
             lease_expires_at=now + timedelta(seconds=lease_s),
             next_attempt_at=None,
@@ -232,40 +243,97 @@ def claim_job(
             Job.attempts,
             Job.max_attempts,
             Job.model,
+            Job.current_model,
+            Job.model_attempts,
             Job.messages,
             Job.max_tokens,
             Job.temperature,
             Job.end_user,
             Job.deadline_at,
+            Job.fallbacks,
+            Job.use_cache,
+            Job.degraded_ok,
         )
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
         return None
-    provider = row.model.split("/", 1)[0]
-    session.add(
-        Attempt(
-            job_id=job_id,
-            number=row.attempts,
-            provider=provider,
-            model=row.model,
-            worker=worker,
-            started_at=now,
-            outcome=AttemptOutcome.RUNNING.value,
-        )
-    )
     return ClaimedJob(
         job_id=job_id,
         tenant_id=row.tenant_id,
         lease_token=lease_token,
         attempt_number=row.attempts,
         max_attempts=row.max_attempts,
-        model=row.model,
+        model=row.current_model or row.model,
         messages=row.messages,
         max_tokens=row.max_tokens,
         temperature=row.temperature,
         user=row.end_user,
         deadline_at=row.deadline_at,
+        requested_model=row.model,
+        current_model=row.current_model,
+        model_attempts=row.model_attempts,
+        fallbacks=row.fallbacks,
+        use_cache=row.use_cache,
+        degraded_ok=bool(row.degraded_ok),
+        worker=worker,
+    )
+
+
+def record_attempt(
+    session: Session,
+    claim: ClaimedJob,
+    *,
+    model: str,
+    now: datetime,
+    route_reason: str | None = None,
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING,
+) -> ClaimedJob:
+    """Write the attempt row for the call about to be made with ``model`` (which a breaker or the
+    router may have changed: the job then remembers it as its current model)."""
+    if model != claim.model or route_reason is not None:
+        values: dict[str, Any] = {"current_model": model}
+        if model != claim.model:
+            values["model_attempts"] = 1
+        if route_reason is not None:
+            values["route_reason"] = route_reason
+        session.execute(update(Job).where(Job.id == claim.job_id).values(**values))
+    session.add(
+        Attempt(
+            job_id=claim.job_id,
+            number=claim.attempt_number,
+            provider=model.split("/", 1)[0],
+            model=model,
+            worker=claim.worker,
+            started_at=now,
+            outcome=outcome.value,
+            ended_at=None if outcome is AttemptOutcome.RUNNING else now,
+        )
+    )
+    model_attempts = 1 if model != claim.model else claim.model_attempts
+    return replace(claim, model=model, current_model=model, model_attempts=model_attempts)
+
+
+def park_job(
+    session: Session, claim: ClaimedJob, *, now: datetime, until: datetime, reason: str, enqueued: bool
+) -> None:
+    """Give the claim back without calling anyone: no capacity now (rate limit, open breaker).
+    The job waits in the database with ``next_attempt_at``; the attempt is not counted."""
+    session.execute(
+        update(Job)
+        .where(_holds_lease(claim))
+        .values(
+            status=JobStatus.QUEUED.value,
+            attempts=Job.attempts - 1,
+            model_attempts=Job.model_attempts - 1,
+            lease_token=None,
+            lease_expires_at=None,
+            next_attempt_at=until,
+            wait_reason=reason,
+            enqueued_at=now if enqueued else None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -275,9 +343,12 @@ class CallResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    served_by: str
+    served_by: str | None
     cost_usd: Decimal | None
     latency_ms: int
+    cached: bool = False
+    degraded: bool = False
+    http_status: int | None = 200
 
 
 @dataclass(frozen=True)
@@ -320,6 +391,8 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
             total_tokens=result.prompt_tokens + result.completion_tokens,
             cost_usd=result.cost_usd,
             served_by=result.served_by,
+            cached=result.cached,
+            degraded=result.degraded,
             progress=1.0,
             partial_text=None,
             error_type=None,
@@ -337,8 +410,8 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
         session,
         claim,
         now,
-        outcome=(AttemptOutcome.SUCCESS if applied else AttemptOutcome.DISCARDED).value,
-        http_status=200,
+        outcome=(_success_outcome(result) if applied else AttemptOutcome.DISCARDED).value,
+        http_status=result.http_status,
         latency_ms=result.latency_ms,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
@@ -346,6 +419,14 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
     if job is None:
         return TransitionResult(job=None, applied=False)
     return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job)
+
+
+def _success_outcome(result: CallResult) -> AttemptOutcome:
+    if result.cached:
+        return AttemptOutcome.CACHED
+    if result.degraded:
+        return AttemptOutcome.DEGRADED
+    return AttemptOutcome.SUCCESS
 
 
 def fail_attempt(
@@ -357,8 +438,10 @@ def fail_attempt(
     retry_at: datetime | None,
     wait_reason: str | None = None,
     enqueued: bool = False,
+    next_model: str | None = None,
 ) -> TransitionResult:
-    """Record a failed call; put the job back to ``queued`` for ``retry_at``, or fail it."""
+    """Record a failed call; put the job back to ``queued`` for ``retry_at`` (on ``next_model``
+    when a fallback is taken), or fail it."""
     outcome = AttemptOutcome.RETRYABLE_ERROR if failure.retryable else AttemptOutcome.PERMANENT_ERROR
     common = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
     if retry_at is not None:
@@ -374,6 +457,8 @@ def fail_attempt(
             "error_message": failure.message,
             **common,
         }
+        if next_model is not None:
+            values.update(current_model=next_model, model_attempts=0)
     else:
         values = {
             "status": JobStatus.FAILED.value,
@@ -400,7 +485,7 @@ def fail_attempt(
     if not applied:
         return TransitionResult(job=None, applied=False)
     if retry_at is not None:
-        return TransitionResult(job=session.get(Job, claim.job_id), applied=True)
+        return TransitionResult(job=None, applied=True)
     return _ended(session, claim.job_id, JobStatus.FAILED, now)
 
 

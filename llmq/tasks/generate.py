@@ -1,31 +1,43 @@
-"""``llmq.generate(job_id)``: claim the job, call the provider, record the outcome.
+"""``llmq.generate(job_id)``: claim the job, pass the gate, call the provider, record the outcome.
 
-Three short transactions and no session or lock held across the provider call:
-claim (``queued → processing``, attempt row) · call · complete, retry or fail (compare-and-set
-on the lease token, so a cancelled or taken-over job discards a late answer).
+Two short transactions and no session or lock held across the provider call:
+
+1. claim (``queued → processing``) and the gate (``workers/gate.py``: route, cache, breakers,
+   fleet-wide limits) — then either record the attempt, answer from the cache, or park the job;
+2. after the call: complete, retry, move to a fallback, degrade or fail (``workers/policy.py``),
+   each a compare-and-set on the lease token, so a cancelled or taken-over job discards a late
+   answer.
 """
 
 from __future__ import annotations
 
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 import structlog
 from celery import Task
 
 from llmq.models.base import utcnow
 from llmq.models.transitions import (
+    CallResult,
     ClaimedJob,
+    TransitionResult,
     claim_job,
     complete_job,
     discard_attempt,
     expire_overdue,
     fail_attempt,
     hand_back,
+    park_job,
+    record_attempt,
 )
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
-from llmq.workers.call import call_provider
+from llmq.workers.cache import CachedAnswer
+from llmq.workers.call import CallOutcome, call_provider
+from llmq.workers.gate import Go, Hit, Park, after_call, gate, model_chain
+from llmq.workers.policy import after_failure
 from llmq.workers.runtime import WorkerRuntime, get_runtime
 
 logger = structlog.get_logger(__name__)
@@ -34,76 +46,158 @@ logger = structlog.get_logger(__name__)
 def execute_job(rt: WorkerRuntime, job_id: str) -> str:
     """Run one attempt of a job. Returns what happened, for logs and tests."""
     now = utcnow()
-    lease_s = rt.settings.provider_timeout_s + rt.settings.lease_s
     with rt.db.transaction() as session:
         claim = claim_job(
             session,
             job_id,
             lease_token=secrets.token_hex(8),
-            lease_s=lease_s,
+            lease_s=rt.settings.lease_s,
             worker=rt.worker_name,
             now=now,
         )
+        if claim is not None:
+            decision = gate(rt, claim)
+            if isinstance(decision, Park):
+                enqueued = _by_countdown(rt, decision.delay_s)
+                until = now + timedelta(seconds=decision.delay_s)
+                park_job(session, claim, now=now, until=until, reason=decision.reason, enqueued=enqueued)
+            elif isinstance(decision, Hit):
+                claim = record_attempt(
+                    session, claim, model=decision.model, now=now, route_reason=decision.route_reason
+                )
+                transition = complete_job(session, claim, _from_cache(decision.answer), now)
+            else:
+                claim = record_attempt(
+                    session, claim, model=decision.model, now=now, route_reason=decision.route_reason
+                )
     if claim is None:
-        with rt.db.transaction() as session:
-            expired = expire_overdue(session, job_id, now)
-        if expired.applied:
-            for event_id in expired.event_ids:
-                enqueue_webhook(event_id)
-            logger.info("job_deadline_passed", job_id=job_id)
-            return "failed"
-        logger.info("job_claim_skipped", job_id=job_id)
-        return "skipped"
+        return _not_claimed(rt, job_id)
+    if isinstance(decision, Park):
+        if enqueued:
+            enqueue_job(job_id, countdown=decision.delay_s)
+        logger.info("job_parked", job_id=job_id, reason=decision.reason, wait_s=round(decision.delay_s, 3))
+        return "parked"
+    if isinstance(decision, Hit):
+        _announce(transition)
+        logger.info("job_cache_hit", job_id=job_id)
+        return "completed"
     structlog.contextvars.bind_contextvars(job_id=job_id)
     try:
-        logger.info("job_attempt_started", attempt=claim.attempt_number, model=claim.model)
-        outcome = call_provider(rt, claim, now)
-        done = utcnow()
-        if outcome.interrupted:
-            return _interrupted(rt, claim, outcome.latency_ms)
-        with rt.db.transaction() as session:
-            if outcome.result is not None:
-                transition = complete_job(session, claim, outcome.result, done)
-                what = "completed"
-            else:
-                assert outcome.failure is not None
-                retry_at = (
-                    done + timedelta(seconds=outcome.retry_in_s) if outcome.retry_in_s is not None else None
-                )
-                wait_reason = None
-                if retry_at is not None:
-                    wait_reason = (
-                        "rate_limited" if outcome.failure.error_type == "rate_limit" else "retry_backoff"
-                    )
+        return _call_and_record(rt, claim, decision)
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id")
+
+
+def _call_and_record(rt: WorkerRuntime, claim: ClaimedJob, go: Go) -> str:
+    logger.info("job_attempt_started", attempt=claim.attempt_number, model=claim.model)
+    slot = (go.model, go.slot_holder) if go.slot_holder is not None else None
+    outcome = call_provider(rt, claim, utcnow(), slot=slot)
+    _release(rt, go, outcome)
+    if outcome.interrupted:
+        return _interrupted(rt, claim, outcome.latency_ms)
+    done = utcnow()
+    delay = None
+    with rt.db.transaction() as session:
+        if outcome.result is not None:
+            transition = complete_job(session, claim, outcome.result, done)
+            what = "completed"
+        else:
+            assert outcome.failure is not None
+            chain, _ = model_chain(rt, claim)
+            step = after_failure(rt, claim, outcome.failure, outcome.error, chain)
+            if step.kind in ("retry", "fallback"):
+                delay = step.delay_s
                 transition = fail_attempt(
                     session,
                     claim,
-                    outcome.failure,
+                    step.failure,
                     done,
-                    retry_at=retry_at,
-                    wait_reason=wait_reason,
-                    enqueued=_by_countdown(rt, outcome.retry_in_s),
+                    retry_at=done + timedelta(seconds=delay),
+                    wait_reason=step.wait_reason,
+                    enqueued=_by_countdown(rt, delay),
+                    next_model=step.model,
                 )
-                what = "retry" if retry_at is not None else "failed"
-        if not transition.applied:
-            logger.info("job_result_discarded", attempt=claim.attempt_number)
-            return "discarded"
-        for event_id in transition.event_ids:
-            enqueue_webhook(event_id)
-        if what == "retry":
-            assert outcome.retry_in_s is not None
-            if _by_countdown(rt, outcome.retry_in_s):
-                enqueue_job(job_id, countdown=outcome.retry_in_s)
-            # Longer waits stay parked in the database; the sweeper enqueues them when due.
-        logger.info(
-            "job_attempt_finished",
-            outcome=what,
-            attempt=claim.attempt_number,
-            retry_in_s=outcome.retry_in_s,
-        )
-        return what
-    finally:
-        structlog.contextvars.unbind_contextvars("job_id")
+            elif step.kind == "degrade":
+                transition = complete_job(session, claim, _degraded(rt, outcome), done)
+            else:
+                transition = fail_attempt(session, claim, step.failure, done, retry_at=None)
+            what = step.kind
+    if not transition.applied:
+        logger.info("job_result_discarded", attempt=claim.attempt_number)
+        return "discarded"
+    _announce(transition)
+    if delay is not None and _by_countdown(rt, delay):
+        enqueue_job(claim.job_id, countdown=delay or None)
+    # Longer waits stay parked in the database; the sweeper enqueues them when due.
+    if outcome.result is not None and go.cache_key is not None:
+        rt.cache.put(go.cache_key, _to_cache(outcome.result))
+    logger.info("job_attempt_finished", outcome=what, attempt=claim.attempt_number, retry_in_s=delay)
+    return what
+
+
+def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome) -> None:
+    transient = None
+    if not outcome.interrupted:
+        transient = outcome.failure is not None and outcome.failure.retryable
+    tokens = None
+    if outcome.result is not None:
+        tokens = outcome.result.prompt_tokens + outcome.result.completion_tokens
+    after_call(rt, go, transient_failure=transient, total_tokens=tokens)
+
+
+def _announce(transition: TransitionResult) -> None:
+    for event_id in transition.event_ids:
+        enqueue_webhook(event_id)
+
+
+def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
+    """Not claimable: maybe its deadline passed while it waited; else a duplicate or ended job."""
+    with rt.db.transaction() as session:
+        expired = expire_overdue(session, job_id, utcnow())
+    if expired.applied:
+        _announce(expired)
+        logger.info("job_deadline_passed", job_id=job_id)
+        return "failed"
+    logger.info("job_claim_skipped", job_id=job_id)
+    return "skipped"
+
+
+def _from_cache(answer: CachedAnswer) -> CallResult:
+    return CallResult(
+        text=answer.text,
+        finish_reason=answer.finish_reason or "stop",
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        served_by=answer.served_by,
+        cost_usd=Decimal(0),  # a cache hit costs nothing
+        latency_ms=0,
+        cached=True,
+        http_status=None,
+    )
+
+
+def _to_cache(result: CallResult) -> CachedAnswer:
+    return CachedAnswer(
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        served_by=result.served_by or "",
+    )
+
+
+def _degraded(rt: WorkerRuntime, outcome: CallOutcome) -> CallResult:
+    return CallResult(
+        text=rt.settings.degraded_text,
+        finish_reason="degraded",
+        prompt_tokens=0,
+        completion_tokens=0,
+        served_by=None,
+        cost_usd=Decimal(0),
+        latency_ms=outcome.latency_ms,
+        degraded=True,
+        http_status=outcome.failure.http_status if outcome.failure else None,
+    )
 
 
 def _interrupted(rt: WorkerRuntime, claim: ClaimedJob, latency_ms: int) -> str:

@@ -1,5 +1,5 @@
 """One provider call for one claimed job: build the request, call, and turn what happened into a
-:class:`CallResult` or a :class:`CallFailure` (with the delay before a retry, if any)."""
+:class:`CallResult` or a :class:`CallFailure`. What to do after a failure is ``policy.py``'s call."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from decimal import Decimal
 
 import structlog
 
-from llmq.models.base import utcnow
 from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest
+from llmq.workers.providers.errors import ProviderServerError, ProviderTimeoutError
 from llmq.workers.providers.registry import UnknownProviderError
-from llmq.workers.retry import next_retry_delay, should_retry
 from llmq.workers.runtime import WorkerRuntime
 
 logger = structlog.get_logger(__name__)
@@ -25,7 +24,7 @@ logger = structlog.get_logger(__name__)
 class CallOutcome:
     result: CallResult | None = None
     failure: CallFailure | None = None
-    retry_in_s: float | None = None  # set when the failure is to be retried
+    error: ProviderError | None = None  # the typed provider error behind ``failure``, if any
     interrupted: bool = False  # the call was cancelled: job cancelled, lease lost, or shutdown
     latency_ms: int = 0
 
@@ -44,7 +43,9 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
     )
 
 
-def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOutcome:
+def call_provider(
+    rt: WorkerRuntime, claim: ClaimedJob, now: datetime, *, slot: tuple[str, str] | None = None
+) -> CallOutcome:
     started = time.monotonic()
     try:
         provider, bare_model = rt.registry.resolve(claim.model)
@@ -61,13 +62,21 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
             rt.progress.report(claim.job_id, claim.lease_token, text, tokens, max_tokens)
 
     future = rt.submit(provider.complete(request, on_progress))
-    rt.inflight.add(claim.job_id, claim.lease_token, future)
+    rt.inflight.add(claim.job_id, claim.lease_token, future, slot)
     try:
         response = future.result(timeout=request.timeout_s + 5.0)
     except concurrent.futures.CancelledError:
         return CallOutcome(interrupted=True, latency_ms=int((time.monotonic() - started) * 1000))
     except ProviderError as exc:
         latency_ms = int((time.monotonic() - started) * 1000)
+        logger.info(
+            "provider_call_failed",
+            job_id=claim.job_id,
+            attempt=claim.attempt_number,
+            model=claim.model,
+            error_type=exc.error_type,
+            http_status=exc.status_code,
+        )
         failure = CallFailure(
             error_type=exc.error_type,
             message=str(exc),
@@ -76,58 +85,19 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
             latency_ms=latency_ms,
             retryable=exc.retryable,
         )
-        retry_in = None
-        if _past(claim.deadline_at):
-            failure = CallFailure(
-                "timeout",
-                f"the job's deadline passed; last error: {exc}"[:2000],
-                exc.status_code,
-                failure.retry_after_s,
-                latency_ms,
-                False,
-            )
-        elif should_retry(exc, claim.attempt_number, claim.max_attempts):
-            retry_in = next_retry_delay(
-                exc,
-                claim.attempt_number,
-                base_s=rt.settings.retry_base_s,
-                cap_s=rt.settings.retry_cap_s,
-            )
-            if claim.deadline_at is not None and (claim.deadline_at - utcnow()).total_seconds() < retry_in:
-                retry_in = None  # the job's deadline comes before the retry: it fails now, timed out
-                failure = CallFailure(
-                    error_type="timeout",
-                    message=f"the job's deadline comes before its next attempt; last error: {exc}"[:2000],
-                    http_status=exc.status_code,
-                    retry_after_s=failure.retry_after_s,
-                    latency_ms=latency_ms,
-                    retryable=False,
-                )
-        logger.info(
-            "provider_call_failed",
-            job_id=claim.job_id,
-            attempt=claim.attempt_number,
-            error_type=exc.error_type,
-            http_status=exc.status_code,
-            retry_in_s=retry_in,
-        )
-        return CallOutcome(failure=failure, retry_in_s=retry_in)
+        return CallOutcome(failure=failure, error=exc, latency_ms=latency_ms)
     except TimeoutError:
         future.cancel()
         latency_ms = int((time.monotonic() - started) * 1000)
-        failure = CallFailure("timeout", "provider call exceeded its deadline", None, None, latency_ms, True)
-        retry_in = None
-        if claim.attempt_number < claim.max_attempts and not _past(claim.deadline_at):
-            retry_in = rt.settings.retry_base_s
-        return CallOutcome(failure=failure, retry_in_s=retry_in)
+        error = ProviderTimeoutError("the provider call exceeded its deadline")
+        failure = CallFailure("timeout", str(error), None, None, latency_ms, True)
+        return CallOutcome(failure=failure, error=error, latency_ms=latency_ms)
     except Exception as exc:  # a bug or an SDK surprise: record it, retry like a transient error
         logger.exception("provider_call_crashed", job_id=claim.job_id, error=type(exc).__name__)
         latency_ms = int((time.monotonic() - started) * 1000)
+        crash = ProviderServerError(f"internal error: {type(exc).__name__}")
         failure = CallFailure("internal_error", type(exc).__name__, None, None, latency_ms, True)
-        retry_in = None
-        if claim.attempt_number < claim.max_attempts and not _past(claim.deadline_at):
-            retry_in = rt.settings.retry_base_s
-        return CallOutcome(failure=failure, retry_in_s=retry_in)
+        return CallOutcome(failure=failure, error=crash, latency_ms=latency_ms)
     finally:
         rt.inflight.remove(claim.job_id)
         rt.progress.forget(claim.job_id)
@@ -144,10 +114,6 @@ def call_provider(rt: WorkerRuntime, claim: ClaimedJob, now: datetime) -> CallOu
             latency_ms=latency_ms,
         )
     )
-
-
-def _past(deadline: datetime | None) -> bool:
-    return deadline is not None and deadline <= utcnow()
 
 
 def _decimal(value: float) -> Decimal:

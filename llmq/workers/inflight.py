@@ -25,6 +25,7 @@ from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.state import JobStatus
 from llmq.models.tables import Job
+from llmq.workers.ratelimit import RateLimiter
 
 logger = structlog.get_logger(__name__)
 
@@ -35,15 +36,29 @@ class InFlightCalls:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[str, Future[Any]]] = {}
+        self._slots: dict[str, tuple[str, str]] = {}  # job id → (model, slot holder)
         self.shutting_down = False
 
-    def add(self, job_id: str, lease_token: str, future: Future[Any]) -> None:
+    def add(
+        self, job_id: str, lease_token: str, future: Future[Any], slot: tuple[str, str] | None = None
+    ) -> None:
         with self._lock:
             self._calls[job_id] = (lease_token, future)
+            if slot is not None:
+                self._slots[job_id] = slot
 
     def remove(self, job_id: str) -> None:
         with self._lock:
             self._calls.pop(job_id, None)
+            self._slots.pop(job_id, None)
+
+    def slots(self) -> dict[str, list[str]]:
+        """Concurrency slots held by the calls in flight, by model (their leases are renewed)."""
+        with self._lock:
+            by_model: dict[str, list[str]] = {}
+            for model, holder in self._slots.values():
+                by_model.setdefault(model, []).append(holder)
+            return by_model
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
@@ -65,9 +80,12 @@ class InFlightCalls:
 
 
 class LeaseKeeper(threading.Thread):
-    def __init__(self, db: Database, inflight: InFlightCalls, lease_s: float) -> None:
+    def __init__(
+        self, db: Database, inflight: InFlightCalls, lease_s: float, limiter: RateLimiter | None = None
+    ) -> None:
         super().__init__(name="llmq-lease-keeper", daemon=True)
         self.db = db
+        self.limiter = limiter
         self.inflight = inflight
         self.lease_s = lease_s
         self.interval = max(0.2, lease_s / 3)
@@ -81,6 +99,9 @@ class LeaseKeeper(threading.Thread):
                 logger.warning("lease_renewal_failed", error=type(exc).__name__)
 
     def renew_once(self) -> int:
+        if self.limiter is not None:
+            for model, holders in self.inflight.slots().items():
+                self.limiter.renew_slot(model, holders)
         held = self.inflight.snapshot()
         if not held:
             return 0

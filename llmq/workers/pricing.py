@@ -1,21 +1,36 @@
-"""The providers file (``LLMQ_PROVIDERS_FILE``, default ``llmq/providers.default.toml``) and the
-price table built from it.
+"""The providers file (``LLMQ_PROVIDERS_FILE``, default ``llmq/providers.default.toml``): prices,
+rate limits, circuit breakers, fallbacks, the response cache and ``model: "auto"`` routing, and
+the price table built from it.
 
-The file is TOML, one table per model (``[models."openai/gpt-4o-mini"]``). It is parsed with
-``tomllib`` (floats as ``Decimal``, so ``0.15`` stays exactly ``0.15``) and validated by pydantic
-models that forbid unknown keys: a typo is an error at start-up, not a silently ignored setting.
-Any problem is a :class:`ProvidersFileError` that names the file, the line and the key.
+The file is TOML, one table per model (``[models."openai/gpt-4o-mini"]``) plus a few top-level
+tables. It is parsed with ``tomllib`` (floats as ``Decimal``, so ``0.15`` stays exactly ``0.15``)
+and validated by pydantic models that forbid unknown keys: a typo is an error at start-up, not a
+silently ignored setting. Any problem is a :class:`ProvidersFileError` that names the file, the
+line and the key.
 
-Adding a setting later (``rpm``, ``tpm``, ``concurrency``, ``fallbacks``, ``context_window`` on a
-model; a ``[breaker]`` table) is adding a field to :class:`ModelConfig` or to
-:class:`ProvidersConfig`; the loader and its error reporting need no change.
+Adding a setting later is adding a field to one of the models below; the loader and its error
+reporting need no change (a new table also gets a line in ``_TABLES``, for the "known keys" hint).
 
 Shape::
 
     ProvidersConfig
-    └── models: {"<provider>/<model>": ModelConfig}
-                                       ├── input_usd_per_mtok   ┐ both or neither
-                                       └── output_usd_per_mtok  ┘ → .price: ModelPrice | None
+    ├── models: {"<provider>/<model>": ModelConfig}
+    │                                  ├── input_usd_per_mtok   ┐ both or neither
+    │                                  ├── output_usd_per_mtok  ┘ → .price: ModelPrice | None
+    │                                  ├── rpm, tpm, concurrency        (None: no limit)
+    │                                  ├── context_window               (None: unknown)
+    │                                  ├── fallbacks: ["<provider>/<model>", …]
+    │                                  ├── fallback_on_content_policy
+    │                                  └── breaker: BreakerOverrides    (any BreakerConfig key)
+    ├── breaker: BreakerConfig   failures, failure_ratio, window_s, min_calls, cooldown_s,
+    │                            probe_timeout_s           → .breaker_for(model)
+    ├── limits: LimitsConfig     window_s, lease_s
+    ├── cache: CacheConfig       ttl_s, temperature_zero, shared_across_tenants, lru_size
+    └── routing: RoutingConfig   small_model, large_model, long_prompt_chars, complex_words,
+                                 complex_min_words, multi_step_cues, numbered_steps
+
+Checks that span tables (a model listed as its own fallback, a fallback listed twice) run after
+the per-key validation, and name the line of the offending key too.
 """
 
 from __future__ import annotations
@@ -27,14 +42,30 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "BreakerConfig",
+    "BreakerOverrides",
+    "CacheConfig",
+    "LimitsConfig",
     "ModelConfig",
     "ModelPrice",
     "PriceTable",
     "ProvidersConfig",
     "ProvidersFileError",
+    "RoutingConfig",
+    "is_model_id",
     "load_providers_file",
 ]
 
@@ -44,14 +75,38 @@ _COST_QUANTUM = Decimal("0.00000001")  # 8 decimals
 UsdPerMtok = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
-def _check_model_name(name: str) -> str:
+def _number(value: object) -> object:
+    # tomllib gives ints, Decimals (floats) and strings; only the first two are numbers here.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number, not " + ("a boolean" if isinstance(value, bool) else "a string"))
+    return value
+
+
+Count = Annotated[int, Field(strict=True, ge=1)]
+Seconds = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+Ratio = Annotated[float, BeforeValidator(_number), Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+def is_model_id(name: str) -> bool:
+    """True for ``"<provider>/<model>"`` with both parts non-blank."""
     provider, sep, model = name.partition("/")
-    if not sep or not provider.strip() or not model.strip():
+    return bool(sep and provider.strip() and model.strip())
+
+
+def _check_model_name(name: str) -> str:
+    if not is_model_id(name):
         raise ValueError("a model table must be named '<provider>/<model>', e.g. 'openai/gpt-4o'")
     return name
 
 
+def _check_model_ref(name: str) -> str:
+    if not is_model_id(name):
+        raise ValueError(f"{name!r} is not a model id: write '<provider>/<model>', e.g. 'openai/gpt-4o'")
+    return name
+
+
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
+ModelRef = Annotated[str, Field(strict=True), AfterValidator(_check_model_ref)]
 
 
 class ModelPrice(BaseModel, extra="forbid", frozen=True):
@@ -61,17 +116,113 @@ class ModelPrice(BaseModel, extra="forbid", frozen=True):
     output_usd_per_mtok: UsdPerMtok
 
 
+# --- circuit breakers, limits, cache, routing ---------------------------------------------------
+
+
+class BreakerConfig(BaseModel, extra="forbid", frozen=True):
+    """``[breaker]``: when a model's circuit breaker opens, and for how long (see
+    :mod:`llmq.workers.breaker`)."""
+
+    failures: Count = 5  # consecutive transient failures that open it
+    failure_ratio: Ratio = 0.5  # ... or this share of failed calls over window_s,
+    window_s: Seconds = 60.0  # ... counted over this rolling window,
+    min_calls: Count = 20  # ... once the window holds at least this many calls
+    cooldown_s: Seconds = 30.0  # open this long, then one probe call goes through
+    probe_timeout_s: Seconds = 120.0  # a probe not reported by then frees the way for another
+
+
+class BreakerOverrides(BaseModel, extra="forbid", frozen=True):
+    """``[models."<id>".breaker]``: any key of ``[breaker]``, for one model."""
+
+    failures: Count | None = None
+    failure_ratio: Ratio | None = None
+    window_s: Seconds | None = None
+    min_calls: Count | None = None
+    cooldown_s: Seconds | None = None
+    probe_timeout_s: Seconds | None = None
+
+
+class LimitsConfig(BaseModel, extra="forbid", frozen=True):
+    """``[limits]``: the window of ``rpm``/``tpm`` and the lease of a concurrency slot (see
+    :mod:`llmq.workers.ratelimit`)."""
+
+    window_s: Seconds = 60.0
+    lease_s: Seconds = 60.0
+
+
+class CacheConfig(BaseModel, extra="forbid", frozen=True):
+    """``[cache]``: the exact-match response cache (see :mod:`llmq.workers.cache`)."""
+
+    ttl_s: Count = 3600
+    temperature_zero: StrictBool = False
+    shared_across_tenants: StrictBool = False
+    lru_size: Annotated[int, Field(strict=True, ge=0)] = 1000
+
+
+_DEFAULT_COMPLEX_WORDS = (
+    "analyze", "analyse", "analysis", "compare", "comparison", "contrast", "evaluate", "assess",
+    "critique", "justify", "prove", "derive", "plan", "design", "architect", "optimize",
+    "debug", "refactor", "synthesize", "tradeoff", "tradeoffs", "trade-off", "trade-offs",
+)  # fmt: skip
+_DEFAULT_MULTI_STEP_CUES = (
+    "step by step", "step-by-step", "walk me through", "walk through", "show your work",
+    "explain your reasoning", "break it down", "break down", "think through",
+)  # fmt: skip
+
+
+def _non_blank_words(words: list[str]) -> list[str]:
+    cleaned = [w.strip().lower() for w in words]
+    if any(not w for w in cleaned):
+        raise ValueError("entries must not be blank")
+    return cleaned
+
+
+WordList = Annotated[list[Annotated[str, Field(strict=True)]], AfterValidator(_non_blank_words)]
+
+
+class RoutingConfig(BaseModel, extra="forbid", frozen=True):
+    """``[routing]``: how ``model: "auto"`` picks a model (see :mod:`llmq.workers.routing`)."""
+
+    small_model: ModelRef = "openai/gpt-4o-mini"
+    large_model: ModelRef = "openai/gpt-4o"
+    long_prompt_chars: Count = 8000
+    complex_words: WordList = Field(default_factory=lambda: list(_DEFAULT_COMPLEX_WORDS))
+    complex_min_words: Count = 1
+    multi_step_cues: WordList = Field(default_factory=lambda: list(_DEFAULT_MULTI_STEP_CUES))
+    numbered_steps: Count = 3
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
 class ModelConfig(BaseModel, extra="forbid"):
     """One ``[models."<provider>/<model>"]`` table."""
 
     input_usd_per_mtok: UsdPerMtok | None = None
     output_usd_per_mtok: UsdPerMtok | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    concurrency: Count | None = None
+    context_window: Count | None = None
+    fallbacks: list[ModelRef] = Field(default_factory=list)
+    fallback_on_content_policy: StrictBool = False
+    breaker: BreakerOverrides | None = None
 
     @model_validator(mode="after")
     def _both_prices_or_neither(self) -> ModelConfig:
         if (self.input_usd_per_mtok is None) != (self.output_usd_per_mtok is None):
             raise ValueError("give both input_usd_per_mtok and output_usd_per_mtok, or neither")
         return self
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _no_repeats(cls, fallbacks: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in fallbacks:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+        return fallbacks
 
     @property
     def price(self) -> ModelPrice | None:
@@ -83,13 +234,49 @@ class ModelConfig(BaseModel, extra="forbid"):
         )
 
 
+_DEFER_CROSS_CHECKS = "defer_cross_checks"
+
+
 class ProvidersConfig(BaseModel, extra="forbid"):
     """The whole providers file."""
 
     models: dict[ModelName, ModelConfig] = Field(default_factory=dict)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> ProvidersConfig:
+        # The loader runs these itself, to name the line; built in code, they run here.
+        if not (info.context or {}).get(_DEFER_CROSS_CHECKS):
+            problems = _cross_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{_dotted(loc)}: {reason}" for loc, reason in problems))
+        return self
 
     def prices(self) -> dict[str, ModelPrice]:
         return {name: cfg.price for name, cfg in self.models.items() if cfg.price is not None}
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The table of ``name``, or None for a model the file does not list."""
+        return self.models.get(name)
+
+    def breaker_for(self, name: str) -> BreakerConfig:
+        """``[breaker]`` with the model's own ``breaker`` overrides applied."""
+        cfg = self.models.get(name)
+        if cfg is None or cfg.breaker is None:
+            return self.breaker
+        return self.breaker.model_copy(update=cfg.breaker.model_dump(exclude_none=True))
+
+
+def _cross_problems(config: ProvidersConfig) -> list[tuple[list[str], str]]:
+    problems: list[tuple[list[str], str]] = []
+    for name, cfg in config.models.items():
+        if name in cfg.fallbacks:
+            index = cfg.fallbacks.index(name)
+            problems.append((["models", name, "fallbacks", str(index)], "a model cannot be its own fallback"))
+    return problems
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -131,9 +318,31 @@ def load_providers_file(path: str | Path) -> ProvidersConfig:
     except tomllib.TOMLDecodeError as exc:
         raise _decode_error(path, text, exc) from None
     try:
-        return ProvidersConfig.model_validate(data)
+        config = ProvidersConfig.model_validate(data, context={_DEFER_CROSS_CHECKS: True})
     except ValidationError as exc:
         raise _validation_error(path, text, exc) from None
+    problems = _cross_problems(config)
+    if problems:
+        located = [
+            (_locate(text, loc, _index_value(config, loc)), _key_of(loc), reason) for loc, reason in problems
+        ]
+        raise _report(path, located)
+    return config
+
+
+def _key_of(loc: list[str]) -> str:
+    """The dotted key a problem is reported under: an array's key, not its element's index."""
+    return _dotted(loc[:-1] if _is_index(loc) else loc)
+
+
+def _is_index(loc: Sequence[str]) -> bool:
+    return bool(loc) and loc[-1].isdigit()
+
+
+def _index_value(config: ProvidersConfig, loc: list[str]) -> str | None:
+    if len(loc) == 4 and loc[0] == "models" and loc[2] == "fallbacks":
+        return config.models[loc[1]].fallbacks[int(loc[3])]
+    return None
 
 
 def _decode_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ProvidersFileError:
@@ -158,13 +367,19 @@ def _decode_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> Provid
 
 def _validation_error(path: Path, text: str, exc: ValidationError) -> ProvidersFileError:
     problems: list[tuple[int | None, str, str]] = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False):
         loc = _clean_loc(error["loc"])
         if error["type"] == "extra_forbidden":
             reason = "unknown key" + _allowed_keys(loc[:-1])
         else:
             reason = error["msg"].removeprefix("Value error, ")
-        problems.append((_find_line(text, loc), _dotted(loc), reason))
+        element = error.get("input") if _is_index(loc) else None
+        line = _locate(text, loc, element if isinstance(element, str) else None)
+        problems.append((line, _key_of(loc), reason))
+    return _report(path, problems)
+
+
+def _report(path: Path, problems: list[tuple[int | None, str, str]]) -> ProvidersFileError:
     # Report in file order: the first problem a reader meets is the one named first.
     problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
     line, key, reason = problems[0]
@@ -179,12 +394,21 @@ def _clean_loc(loc: Sequence[int | str]) -> list[str]:
     return [str(part) for part in loc if part != "[key]"]
 
 
+# Tables whose keys are listed when an unknown key is found in them ("*" stands for a model id).
+_TABLES: dict[tuple[str, ...], type[BaseModel]] = {
+    (): ProvidersConfig,
+    ("models", "*"): ModelConfig,
+    ("models", "*", "breaker"): BreakerOverrides,
+    ("breaker",): BreakerConfig,
+    ("limits",): LimitsConfig,
+    ("cache",): CacheConfig,
+    ("routing",): RoutingConfig,
+}
+
+
 def _allowed_keys(parent: list[str]) -> str:
-    model: type[BaseModel] | None = None
-    if not parent:
-        model = ProvidersConfig
-    elif parent[0] == "models" and len(parent) == 2:
-        model = ModelConfig
+    shape = tuple("*" if i == 1 and parent[0] == "models" else part for i, part in enumerate(parent))
+    model = _TABLES.get(shape)
     if model is None:
         return ""
     return " (known keys: " + ", ".join(model.model_fields) + ")"
@@ -195,7 +419,7 @@ _KEY_LINE = re.compile(r"""^((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-.\s])+?)\s*=""")
 _HEADER_LINE = re.compile(r"^\[\[?(.+?)\]\]?\s*(?:#.*)?$")
 
 
-def _dotted(loc: list[str]) -> str:
+def _dotted(loc: Sequence[str]) -> str:
     return ".".join(part if _BARE_KEY.fullmatch(part) else f'"{part}"' for part in loc)
 
 
@@ -220,6 +444,23 @@ def _split_dotted(key: str) -> list[str] | None:
             parts.append(match.group())
             i = match.end()
     return parts
+
+
+def _locate(text: str, loc: list[str], element: str | None) -> int | None:
+    """The line of ``loc``; for an element of an array (``loc`` ends in its index) whose value
+    is the string ``element``, the line holding that string when the array spans lines."""
+    line = _find_line(text, loc)
+    if line is None or element is None or not _is_index(loc):
+        return line
+    lines = text.splitlines()
+    quoted = (f'"{element}"', f"'{element}'")
+    for lineno in range(line, min(len(lines), line + 200) + 1):
+        source = lines[lineno - 1]
+        if lineno > line and (_KEY_LINE.match(source.strip()) or source.strip().startswith("[")):
+            break  # the array ended without the element: keep the key's line
+        if any(q in source for q in quoted):
+            return lineno
+    return line
 
 
 def _find_line(text: str, loc: list[str]) -> int | None:

@@ -17,13 +17,17 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
+import redis
 
 from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
+from llmq.workers.breaker import CircuitBreakers
+from llmq.workers.cache import ResponseCache
 from llmq.workers.inflight import CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
+from llmq.workers.ratelimit import RateLimiter
 
 T = TypeVar("T")
 
@@ -34,7 +38,12 @@ class WorkerRuntime:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         pool = max(settings.worker_concurrency, settings.webhook_worker_concurrency) + 5
         self.db = Database(settings.database_url, pool_size=min(pool, 50), max_overflow=pool)
-        self.prices = PriceTable.from_config(load_providers_file(settings.providers_file))
+        self.providers = load_providers_file(settings.providers_file)
+        self.prices = PriceTable.from_config(self.providers)
+        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
+        self.limiter = RateLimiter(self.redis, self.providers)
+        self.breakers = CircuitBreakers(self.redis, self.providers)
+        self.cache = ResponseCache(self.redis, self.providers.cache)
         self.registry = ProviderRegistry.from_settings(settings)
         self.http = httpx.Client(
             timeout=httpx.Timeout(settings.webhook_timeout_s, connect=5.0),
@@ -45,7 +54,7 @@ class WorkerRuntime:
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
         self._thread.start()
         self.inflight = InFlightCalls()
-        self.lease_keeper = LeaseKeeper(self.db, self.inflight, settings.lease_s)
+        self.lease_keeper = LeaseKeeper(self.db, self.inflight, settings.lease_s, self.limiter)
         self.lease_keeper.start()
         self.cancel_listener = CancelListener(settings.broker_url, self.inflight)
         self.cancel_listener.start()
