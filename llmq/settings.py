@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
     # A wait up to this long is scheduled as a Celery countdown; longer ones park in the database.
-    max_countdown_s: float = 300.0
+    max_countdown_s: float = 10.0
 
     # The answer of a job that asked for degraded_ok when every model failed.
     degraded_text: str = "The service could not generate an answer right now. Please try again later."

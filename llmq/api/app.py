@@ -9,13 +9,14 @@ import redis
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import jobs, ops
+from llmq.api import jobs, ops, providers
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.logs import configure_logging, init_sentry
 from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
 from llmq.tasks.app import configure_celery
+from llmq.workers.pricing import load_providers_file
 from llmq.workers.providers.registry import ProviderRegistry
 
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
     app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)
+    app.extensions["llmq.providers"] = load_providers_file(settings.providers_file)
     app.extensions["llmq.redis"] = redis.Redis.from_url(
         settings.broker_url, socket_timeout=1, socket_connect_timeout=1
     )
@@ -50,4 +52,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(providers.bp)
     return app

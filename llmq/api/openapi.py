@@ -121,6 +121,29 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": _json(JobOut, "the cancelled job"), **_errors(401, 404, 409)},
                 }
             },
+            "/v1/providers": {
+                "get": {
+                    "summary": "Each provider/model: breaker state, error rate, latency, rate-limit use",
+                    "security": secured,
+                    "responses": {"200": {"description": "the providers"}, **_errors(401)},
+                }
+            },
+            "/v1/jobs/{job_id}/webhooks": {
+                "get": {
+                    "summary": "The job's webhook events and every delivery attempt",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"200": {"description": "the events"}, **_errors(401, 404)},
+                }
+            },
+            "/v1/jobs/{job_id}/webhooks/redeliver": {
+                "post": {
+                    "summary": "Send the job's final event again, with the same webhook-id",
+                    "security": secured,
+                    "parameters": [job_id],
+                    "responses": {"202": {"description": "redelivery queued"}, **_errors(401, 404, 409)},
+                }
+            },
             "/health": {"get": {"summary": "Process alive", "responses": {"200": _json(Health, "alive")}}},
             "/ready": {
                 "get": {

@@ -1,0 +1,72 @@
+"""``GET /v1/providers``: each provider/model as the fleet sees it — breaker state, recent error
+rate and latency (from the attempts of the last ``WINDOW_S`` seconds in the database), and the
+current use of its rate limits (from Redis)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import select
+
+from llmq.api.auth import require_tenant
+from llmq.models.base import utcnow
+from llmq.models.tables import Attempt
+from llmq.workers.breaker import CircuitBreakers
+from llmq.workers.ratelimit import RateLimiter
+
+bp = Blueprint("providers", __name__)
+
+WINDOW_S = 300
+SAMPLE = 20_000
+FAILED = {"retryable_error", "permanent_error", "lost"}
+
+
+def _percentile(values: list[int], q: float) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@bp.get("/v1/providers")
+@require_tenant
+def providers() -> Response:
+    config = current_app.extensions["llmq.providers"]
+    since = utcnow() - timedelta(seconds=WINDOW_S)
+    with current_app.extensions["llmq.db"].session() as session:
+        rows = session.execute(
+            select(Attempt.model, Attempt.outcome, Attempt.latency_ms)
+            .where(Attempt.started_at >= since, Attempt.ended_at.is_not(None))
+            .order_by(Attempt.started_at.desc())
+            .limit(SAMPLE)
+        ).all()
+    calls: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
+    for model, outcome, latency in rows:
+        calls[model].append((outcome, latency))
+    client: redis.Redis = current_app.extensions["llmq.redis"]
+    breakers = CircuitBreakers(client, config)
+    limiter = RateLimiter(client, config)
+    data: list[dict[str, Any]] = []
+    for model in sorted(set(config.models) | set(calls)):
+        seen = [c for c in calls.get(model, []) if c[0] not in {"cached", "discarded", "interrupted"}]
+        latencies = [latency for outcome, latency in seen if outcome == "success" and latency is not None]
+        failures = sum(1 for outcome, _ in seen if outcome in FAILED)
+        entry: dict[str, Any] = {
+            "model": model,
+            "provider": model.split("/", 1)[0],
+            "calls_last_5m": len(seen),
+            "error_rate": round(failures / len(seen), 4) if seen else None,
+            "latency_ms_p50": _percentile(latencies, 0.50),
+            "latency_ms_p95": _percentile(latencies, 0.95),
+        }
+        try:
+            entry["breaker"] = breakers.snapshot(model)
+            entry["limits"] = limiter.usage(model)
+        except redis.RedisError as exc:
+            entry["breaker"] = entry["limits"] = {"error": f"unavailable: {type(exc).__name__}"}
+        data.append(entry)
+    return jsonify({"object": "list", "data": data})
