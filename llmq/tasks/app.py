@@ -63,7 +63,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         # Flower and `celery events` need task events.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No task-sent event: it is a second publish on every submit, and Flower shows tasks from
+        # the worker's received/started/succeeded events.
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "llmq-sweep": {
