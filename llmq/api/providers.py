@@ -49,7 +49,7 @@ def providers() -> Response:
         calls[model].append((outcome, latency))
     client: redis.Redis = current_app.extensions["llmq.redis"]
     breakers = CircuitBreakers(client, config)
-    limiter = RateLimiter(client, config)
+    limiter = RateLimiter(client, config, window_s=config.limits.window_s + config.limits.margin_s)
     data: list[dict[str, Any]] = []
     for model in sorted(set(config.models) | set(calls)):
         seen = [c for c in calls.get(model, []) if c[0] not in {"cached", "discarded", "interrupted"}]

@@ -168,41 +168,49 @@ def _warm_up(stack: Stack, plan: PhasePlan, tag: str) -> None:
         return
     bare = f"bench-{tag}"
     _sim_post(stack, "/_sim/script", {"model": bare, "default": {"fault": "ok", "latency": 0.05}})
-    out = stack.config.run_dir / f"load-{tag}.json"
-    proc = _start_load(
-        stack,
-        PhasePlan(
-            name=tag, baseline=plan.baseline, jobs=plan.warmup_jobs, rate=50, max_offer_s=30, wait_s=0,
-            webhooks=plan.webhooks,
-        ),
-        f"openai/{bare}",
-        out,
-    )  # fmt: skip
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise BenchError("warm-up load did not finish") from None
-    load = json.loads(out.read_text())
-    accepted = [row[5] for row in load["rows"] if row[5]]
-    if not accepted:
-        errors = {row[6] for row in load["rows"]}
-        raise BenchError(f"warm-up: the API accepted no job: {sorted(map(str, errors))[:3]}")
+    accepted: list[str] = []
+    for attempt in range(3):  # the machine's Postgres may be restarting (other tests stop it)
+        out = stack.config.run_dir / f"load-{tag}-{attempt}.json"
+        proc = _start_load(
+            stack,
+            PhasePlan(
+                name=tag, baseline=plan.baseline, jobs=plan.warmup_jobs, rate=50, max_offer_s=30, wait_s=0,
+                webhooks=plan.webhooks,
+            ),
+            f"openai/{bare}",
+            out,
+        )  # fmt: skip
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise BenchError("warm-up load did not finish") from None
+        load = json.loads(out.read_text())
+        accepted = [row[5] for row in load["rows"] if row[5]]
+        if accepted:
+            break
+        errors = sorted({str(row[6])[:200] for row in load["rows"]})
+        if attempt == 2:
+            raise BenchError(f"warm-up: the API accepted no job: {errors[:3]}")
+        time.sleep(15)
     if plan.submit_only:
         return
     deadline = time.time() + 120
 
     def done() -> bool:
-        counts = _status_counts(stack, f"openai/{bare}")
+        try:
+            counts = _status_counts(stack, f"openai/{bare}")
+        except Exception:  # Postgres restarting: ask again
+            return False
         return sum(counts.get(s, 0) for s in FINAL) >= len(accepted)
 
     while not done():
         for name in stack.llm_workers:
             stack.check_alive(name)
         if time.time() > deadline:
-            raise BenchError(
-                f"warm-up: jobs not final after 120 s: {_status_counts(stack, f'openai/{bare}')}"
-            )
+            # Some warm-up job may have been caught by a Postgres restart: warm enough, go on.
+            print("llmq bench: warm-up jobs not all final after 120 s; going on", file=sys.stderr)
+            break
         time.sleep(0.3)
     time.sleep(1.0)  # let the warm-up webhooks go out before the measured window opens
 

@@ -142,7 +142,11 @@ def postgres_groups(dbname: str) -> dict[str, GroupSelector]:
     def cluster(table: dict[int, ProcEntry]) -> set[int]:
         return {e.pid for e in table.values() if e.comm == "postgres"}
 
-    return {"postgres": bench, "postgres_cluster": cluster}
+    def backends(table: dict[int, ProcEntry]) -> set[int]:
+        return {e.pid for e in table.values() if e.comm == "postgres" and classifier.kind(e) == "bench"}
+
+    # postgres_backends: one process per connection to the bench's database (peak = peak connections)
+    return {"postgres": bench, "postgres_cluster": cluster, "postgres_backends": backends}
 
 
 def read_machine_ticks() -> tuple[int, int]:
@@ -167,7 +171,8 @@ class GroupFigures:
     cpu_s: float
     peak_rss_mib: float  # sum of VmRSS over the group's processes, at the sample where it peaked
     peak_anon_mib: float  # the same for RssAnon: shared pages (postgres' buffers) not counted
-    processes: int
+    processes: int  # distinct processes seen over the window
+    peak_live: int  # most processes alive at one sample
 
 
 class ProcessSampler:
@@ -189,6 +194,7 @@ class ProcessSampler:
         self._peak_rss_kib: dict[str, int] = {name: 0 for name in [*groups, *self.combined]}
         self._peak_anon_kib: dict[str, int] = dict(self._peak_rss_kib)
         self._members: dict[str, set[tuple[int, int]]] = {name: set() for name in groups}
+        self._peak_live: dict[str, int] = {name: 0 for name in [*groups, *self.combined]}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -227,6 +233,7 @@ class ProcessSampler:
                     rss += statm[pid][0]
                     anon += statm[pid][1]
                 rss_now[name], anon_now[name] = rss, anon
+                self._peak_live[name] = max(self._peak_live[name], len(pids))
                 self._peak_rss_kib[name] = max(self._peak_rss_kib[name], rss)
                 self._peak_anon_kib[name] = max(self._peak_anon_kib[name], anon)
             for name, parts in self.combined.items():
@@ -265,6 +272,7 @@ class ProcessSampler:
                     peak_rss_mib=self._peak_rss_kib[name] / 1024,
                     peak_anon_mib=self._peak_anon_kib[name] / 1024,
                     processes=len(self._members[name]),
+                    peak_live=self._peak_live[name],
                 )
             for name in self.combined:
                 parts = [out[p] for p in self.combined[name] if p in out]
@@ -273,6 +281,7 @@ class ProcessSampler:
                     peak_rss_mib=self._peak_rss_kib[name] / 1024,
                     peak_anon_mib=self._peak_anon_kib[name] / 1024,
                     processes=sum(p.processes for p in parts),
+                    peak_live=sum(p.peak_live for p in parts),
                 )
         return out
 

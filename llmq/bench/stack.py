@@ -326,5 +326,5 @@ class Stack:
         out = []
         for path in sorted(self.logs.glob("*.log")):
             text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
+            out.append(f"--- {path.name}\n" + "\n".join(line[:300] for line in text))
         return "\n".join(out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 from kombu import Queue
 
 from llmq.settings import Settings, get_settings
@@ -109,6 +109,14 @@ def _on_worker_init(**_: object) -> None:
     init_sentry(settings.sentry_dsn, component="worker")
 
 
+def _on_worker_ready(**_: object) -> None:
+    # Build the runtime (database pool, provider clients, lease keeper) before the first job
+    # arrives, so the first calls do not pay for it while their rate-limit admission ticks.
+    from llmq.workers.runtime import get_runtime
+
+    get_runtime()
+
+
 def _on_worker_shutting_down(**_: object) -> None:
     # Warm shutdown (SIGTERM, a deploy): stop the calls in flight; each task then hands its job
     # back to the queue at once instead of holding the deploy up or waiting for a lease to expire.
@@ -122,3 +130,4 @@ def _on_worker_shutting_down(**_: object) -> None:
 worker_process_init.connect(_on_worker_process_init, weak=False)
 worker_init.connect(_on_worker_init, weak=False)
 worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
+worker_ready.connect(_on_worker_ready, weak=False)

@@ -148,6 +148,10 @@ class LimitsConfig(BaseModel, extra="forbid", frozen=True):
 
     window_s: Seconds = 60.0
     lease_s: Seconds = 60.0
+    # Requests reach the provider a little after their admission (commit, thread hand-off, the
+    # network). Counting admissions over window_s + margin_s keeps the provider's own window
+    # within the limit as long as that delay stays under margin_s.
+    margin_s: float = Field(default=1.0, ge=0)
 
 
 class CacheConfig(BaseModel, extra="forbid", frozen=True):

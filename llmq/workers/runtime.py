@@ -41,7 +41,11 @@ class WorkerRuntime:
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
-        self.limiter = RateLimiter(self.redis, self.providers)
+        self.limiter = RateLimiter(
+            self.redis,
+            self.providers,
+            window_s=self.providers.limits.window_s + self.providers.limits.margin_s,
+        )
         self.breakers = CircuitBreakers(self.redis, self.providers)
         self.cache = ResponseCache(self.redis, self.providers.cache)
         self.registry = ProviderRegistry.from_settings(settings)
@@ -60,6 +64,8 @@ class WorkerRuntime:
         self.cancel_listener.start()
         self.progress = ProgressWriter(self.db, settings.progress_interval_s)
         self.progress.start()
+        for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
+            self.registry.resolve(f"{name}/warm-up")
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
