@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
     )
 
+    # --- database connections (per process) ---
+    # Most of a worker's threads wait on a provider holding no connection; a small pool serves
+    # the short transactions, and keeps a fleet of workers under Postgres' max_connections.
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
     # --- workers and queue ---------------------------------------------------------------------
     worker_concurrency: int = 100
     webhook_worker_concurrency: int = 20

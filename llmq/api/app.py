@@ -27,7 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("llmq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db = Database(settings.database_url, pool_size=10, max_overflow=20)
+    db = Database(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
     app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
@@ -68,6 +69,17 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         return error_response(status, HTTP_ERROR_TYPES.get(status, "error"), exc.description or exc.name)
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _database_unavailable(exc: Exception) -> Response:
+        # The database is down or out of connections: the client should retry, nothing was
+        # accepted (a job is only answered 202 once its row is committed).
+        logger.warning("database_unavailable", error=type(exc).__name__)
+        response = error_response(503, "unavailable", "the database is unavailable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -36,8 +36,9 @@ class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        pool = max(settings.worker_concurrency, settings.webhook_worker_concurrency) + 5
-        self.db = Database(settings.database_url, pool_size=min(pool, 50), max_overflow=pool)
+        self.db = Database(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)

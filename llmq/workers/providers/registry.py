@@ -15,6 +15,7 @@ one client, and so one connection pool, per provider per process.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -96,6 +97,7 @@ class ProviderRegistry:
         self._default_max_tokens = default_max_tokens
         self._transport = transport
         self._clients: dict[str, Provider] = {}
+        self._build_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -174,8 +176,11 @@ class ProviderRegistry:
             raise UnknownProviderError(str(exc)) from None
         client = self._clients.get(provider_name)
         if client is None:
-            client = self._build(self.spec(provider_name))
-            self._clients[provider_name] = client
+            with self._build_lock:  # one client per provider, even when many threads ask at once
+                client = self._clients.get(provider_name)
+                if client is None:
+                    client = self._build(self.spec(provider_name))
+                    self._clients[provider_name] = client
         return client, bare
 
     def uses_simulator(self, provider_name: str) -> bool:
