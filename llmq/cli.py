@@ -379,5 +379,13 @@ def _safe_url(url: str) -> str:
     return url
 
 
+def _register_bench() -> None:
+    from llmq.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
+
 if __name__ == "__main__":
     main()
