@@ -189,10 +189,6 @@ def create_job(
     raise RuntimeError("could not settle the Idempotency-Key after 3 tries")
 
 
-def mark_enqueued(session: Session, job_id: str, now: datetime) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
-
-
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant_id:
