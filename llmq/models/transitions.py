@@ -456,13 +456,7 @@ def fail_attempt(
         if next_model is not None:
             values.update(current_model=next_model, model_attempts=0)
     else:
-        values = {
-            "status": JobStatus.FAILED.value,
-            "error_type": failure.error_type,
-            "error_message": failure.message,
-            "completed_at": now,
-            **common,
-        }
+        values = _final_values(JobStatus.FAILED, failure.error_type, failure.message, now)
     applied = compare_and_set(
         session,
         update(Job).where(_holds_lease(claim)).values(**values).execution_options(synchronize_session=False),
@@ -521,19 +515,56 @@ def expire_overdue(session: Session, job_id: str, now: datetime) -> TransitionRe
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.deadline_at <= now)
         .values(
-            status=JobStatus.FAILED.value,
-            error_type="timeout",
-            error_message="the job's deadline passed before it could complete",
-            next_attempt_at=None,
-            wait_reason=None,
-            completed_at=now,
-            updated_at=now,
+            **_final_values(
+                JobStatus.FAILED, "timeout", "the job's deadline passed before it could complete", now
+            )
         )
         .execution_options(synchronize_session=False),
     )
     if not applied:
         return TransitionResult(job=None, applied=False)
     return _ended(session, job_id, JobStatus.FAILED, now)
+
+
+def recover_expired_lease(
+    session: Session, *, job_id: str, lease_token: str, attempts: int, max_attempts: int, now: datetime
+) -> TransitionResult:
+    """The worker holding this lease stopped renewing it (killed, host lost): record the attempt as
+    lost and put the job back to ``queued`` — or fail it when no attempt is left. A late answer
+    from that worker is then discarded by the lease-token compare-and-set."""
+    error = ("worker_lost", "the worker running this attempt stopped answering")
+    exhausted = attempts >= max_attempts
+    values = (
+        _final_values(JobStatus.FAILED, *error, now)
+        if exhausted
+        else {
+            "status": JobStatus.QUEUED.value,
+            "error_type": error[0],
+            "error_message": error[1],
+            "lease_token": None,
+            "lease_expires_at": None,
+            "next_attempt_at": now,
+            "enqueued_at": now,
+            "updated_at": now,
+        }
+    )
+    applied = compare_and_set(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value, Job.lease_token == lease_token)
+        .values(**values)
+        .execution_options(synchronize_session=False),
+    )
+    if not applied:
+        return TransitionResult(job=None, applied=False)
+    session.execute(
+        update(Attempt)
+        .where(Attempt.job_id == job_id, Attempt.number == attempts, Attempt.ended_at.is_(None))
+        .values(outcome=AttemptOutcome.LOST.value, ended_at=now, error_type=error[0])
+    )
+    if exhausted:
+        return _ended(session, job_id, JobStatus.FAILED, now)
+    return TransitionResult(job=None, applied=True)
 
 
 # --- API side -------------------------------------------------------------------------------------
@@ -550,23 +581,29 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) 
             Job.tenant_id == tenant_id,
             Job.status.in_([s.value for s in ACTIVE_STATUSES]),
         )
-        .values(
-            status=JobStatus.CANCELLED.value,
-            error_type="cancelled",
-            error_message="cancelled by request",
-            lease_token=None,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            wait_reason=None,
-            completed_at=now,
-            updated_at=now,
-        )
+        .values(**_final_values(JobStatus.CANCELLED, "cancelled", "cancelled by request", now))
         .execution_options(synchronize_session=False),
     )
     if not applied:
         job = get_job(session, tenant_id, job_id)  # raises JobNotFound
         raise JobAlreadyEnded(job)
     return _ended(session, job_id, JobStatus.CANCELLED, now)
+
+
+def _final_values(status: JobStatus, error_type: str, message: str, now: datetime) -> dict[str, Any]:
+    """The columns every move to a final state without a result sets: the error, no lease, no
+    pending wait."""
+    return {
+        "status": status.value,
+        "error_type": error_type,
+        "error_message": message,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "next_attempt_at": None,
+        "wait_reason": None,
+        "completed_at": now,
+        "updated_at": now,
+    }
 
 
 def _ended(

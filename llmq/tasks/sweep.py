@@ -23,9 +23,9 @@ import structlog
 from sqlalchemy import select, update
 
 from llmq.models.base import utcnow
-from llmq.models.state import AttemptOutcome, JobStatus
-from llmq.models.tables import Attempt, Job
-from llmq.models.transitions import _ended, compare_and_set, expire_overdue
+from llmq.models.state import JobStatus
+from llmq.models.tables import Job
+from llmq.models.transitions import expire_overdue, recover_expired_lease
 from llmq.models.webhook_events import due_events
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
@@ -97,38 +97,21 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
         ).all()
     requeue: list[str] = []
     for job_id, token, attempts, max_attempts in expired:
+        if token is None:
+            continue
         with rt.db.transaction() as session:
-            exhausted = attempts >= max_attempts
-            values = (
-                {"status": JobStatus.FAILED.value, "completed_at": now}
-                if exhausted
-                else {"status": JobStatus.QUEUED.value, "next_attempt_at": now, "enqueued_at": now}
-            )
-            applied = compare_and_set(
+            result = recover_expired_lease(
                 session,
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value, Job.lease_token == token)
-                .values(
-                    lease_token=None,
-                    lease_expires_at=None,
-                    error_type="worker_lost",
-                    error_message="the worker running this attempt stopped answering",
-                    updated_at=now,
-                    **values,
-                )
-                .execution_options(synchronize_session=False),
+                job_id=job_id,
+                lease_token=token,
+                attempts=attempts,
+                max_attempts=max_attempts,
+                now=now,
             )
-            if not applied:
-                continue
-            session.execute(
-                update(Attempt)
-                .where(Attempt.job_id == job_id, Attempt.number == attempts, Attempt.ended_at.is_(None))
-                .values(outcome=AttemptOutcome.LOST.value, ended_at=now, error_type="worker_lost")
-            )
-            if exhausted:
-                events.extend(_ended(session, job_id, JobStatus.FAILED, now).event_ids)
-            else:
-                requeue.append(job_id)
+        if result.job is not None:  # out of attempts: failed, its event to send
+            events.extend(result.event_ids)
+        elif result.applied:
+            requeue.append(job_id)
     for job_id in requeue:
         enqueue_job(job_id)
     counts["leases_recovered"] = len(expired)
