@@ -25,7 +25,7 @@ from llmq.workers.providers.errors import (
     ProviderError,
     TransientError,
 )
-from llmq.workers.retry import next_retry_delay
+from llmq.workers.retry import next_retry_delay, should_retry
 from llmq.workers.routing import larger_window_fallback
 from llmq.workers.runtime import WorkerRuntime
 
@@ -66,7 +66,7 @@ def after_failure(
     if error is None or not isinstance(error, TransientError):
         return NextStep("fail", failure)
 
-    if claim.model_attempts < claim.max_attempts:
+    if should_retry(error, claim.model_attempts, claim.max_attempts):  # attempts on this model
         delay = next_retry_delay(
             error, claim.model_attempts, base_s=rt.settings.retry_base_s, cap_s=rt.settings.retry_cap_s
         )
