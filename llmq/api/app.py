@@ -16,8 +16,10 @@ from llmq.logs import configure_logging, init_sentry
 from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
 from llmq.tasks.app import configure_celery
+from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.pricing import load_providers_file
 from llmq.workers.providers.registry import ProviderRegistry
+from llmq.workers.ratelimit import fleet_limiter
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -33,10 +35,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
     app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)
-    app.extensions["llmq.providers"] = load_providers_file(settings.providers_file)
-    app.extensions["llmq.redis"] = redis.Redis.from_url(
-        settings.broker_url, socket_timeout=1, socket_connect_timeout=1
-    )
+    providers_config = load_providers_file(settings.providers_file)
+    redis_client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
+    app.extensions["llmq.providers"] = providers_config
+    app.extensions["llmq.redis"] = redis_client
+    app.extensions["llmq.breakers"] = CircuitBreakers(redis_client, providers_config)
+    app.extensions["llmq.limiter"] = fleet_limiter(redis_client, providers_config)
     configure_celery(settings)
 
     @app.before_request

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
@@ -29,12 +26,7 @@ def ready() -> tuple[Response, int]:
     except Exception as exc:  # any driver error means "not reachable"
         checks["database"] = f"unreachable: {type(exc).__name__}"
     try:
-        settings: Any = current_app.extensions["llmq.settings"]
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=1, socket_timeout=1)
-        try:
-            client.ping()
-        finally:
-            client.close()
+        current_app.extensions["llmq.redis"].ping()  # the broker's Redis, 1 s timeouts
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"

@@ -47,9 +47,8 @@ def providers() -> Response:
     calls: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     for model, outcome, latency in rows:
         calls[model].append((outcome, latency))
-    client: redis.Redis = current_app.extensions["llmq.redis"]
-    breakers = CircuitBreakers(client, config)
-    limiter = RateLimiter(client, config, window_s=config.limits.window_s + config.limits.margin_s)
+    breakers: CircuitBreakers = current_app.extensions["llmq.breakers"]
+    limiter: RateLimiter = current_app.extensions["llmq.limiter"]
     data: list[dict[str, Any]] = []
     for model in sorted(set(config.models) | set(calls)):
         seen = [c for c in calls.get(model, []) if c[0] not in {"cached", "discarded", "interrupted"}]

@@ -129,8 +129,7 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
 @celery_app.task(name="llmq.sweep", ignore_result=True)
 def sweep_task() -> dict[str, int]:
     rt = get_runtime()
-    client = redis.Redis.from_url(rt.settings.broker_url)
-    lock = client.lock("llmq:sweep-lock", timeout=max(rt.settings.sweep_interval_s * 4, 30))
+    lock = rt.redis.lock("llmq:sweep-lock", timeout=max(rt.settings.sweep_interval_s * 4, 30))
     if not lock.acquire(blocking=False):
         return {}
     try:
@@ -140,4 +139,3 @@ def sweep_task() -> dict[str, int]:
             lock.release()
         except redis.exceptions.LockError:
             pass
-        client.close()

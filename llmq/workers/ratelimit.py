@@ -482,6 +482,12 @@ class RateLimiter:
         }
 
 
+def fleet_limiter(client: redis.Redis, config: ProvidersConfig) -> RateLimiter:
+    """The limiter workers and the API use: admissions counted over the file's window plus its
+    margin (``[limits] margin_s``), so the provider's own window holds the limit."""
+    return RateLimiter(client, config, window_s=config.limits.window_s + config.limits.margin_s)
+
+
 def _split_reservation(reservation: str) -> tuple[str, str]:
     model, sep, member = reservation.rpartition("#")
     if not sep or not model or not member:

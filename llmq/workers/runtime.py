@@ -27,7 +27,7 @@ from llmq.workers.inflight import CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
-from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.ratelimit import fleet_limiter
 
 T = TypeVar("T")
 
@@ -42,11 +42,7 @@ class WorkerRuntime:
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
-        self.limiter = RateLimiter(
-            self.redis,
-            self.providers,
-            window_s=self.providers.limits.window_s + self.providers.limits.margin_s,
-        )
+        self.limiter = fleet_limiter(self.redis, self.providers)
         self.breakers = CircuitBreakers(self.redis, self.providers)
         self.cache = ResponseCache(self.redis, self.providers.cache)
         self.registry = ProviderRegistry.from_settings(settings)
