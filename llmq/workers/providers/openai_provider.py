@@ -23,7 +23,8 @@ from llmq.workers.providers.base import (
     ProgressCallback,
     ProviderRequest,
     ProviderResponse,
-    with_deadline,
+    SdkProvider,
+    aiohttp_http_client,
 )
 from llmq.workers.providers.errors import (
     InvalidRequestError,
@@ -53,7 +54,7 @@ __all__ = ["OpenAIProvider"]
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 
-class OpenAIProvider:
+class OpenAIProvider(SdkProvider):
     """A :class:`~llmq.workers.providers.base.Provider` speaking the Chat Completions API.
 
     The provider owns ``http_client`` (given or built) and closes it in :meth:`aclose`.
@@ -74,34 +75,13 @@ class OpenAIProvider:
         self._api_key = api_key
         timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
         if http_client is None:
-            # The SDK's own aiohttp transport: with hundreds of calls in flight it costs a
-            # fraction of the CPU of the default httpx2 pool (see BENCHMARKS.md).
-            http_client = openai.DefaultAioHttpClient(
-                timeout=timeout,
-                limits=httpx2.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
-                follow_redirects=False,
-            )
+            http_client = aiohttp_http_client(openai.DefaultAioHttpClient, timeout, max_connections)
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=0,
             http_client=http_client,
-        )
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def complete(
-        self, request: ProviderRequest, on_progress: ProgressCallback | None = None
-    ) -> ProviderResponse:
-        return await with_deadline(
-            self._complete(request, on_progress), request.timeout_s, provider=self.name
         )
 
     # --- the call --------------------------------------------------------------------------------
