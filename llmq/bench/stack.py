@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/llmq_bench"
 _STRIPPED_ENV = ("OPENAI_", "ANTHROPIC_", "LLMQ_", "REDIS_URL", "DATABASE_URL", "SENTRY_DSN")
@@ -61,22 +60,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 def recreate_database(url: str) -> None:
-    """Drop (``WITH (FORCE)``) and create the database, then migrate it to head."""
-    from llmq.models.migrate import upgrade
+    """Drop, create and migrate the bench database, waiting for Postgres if it is restarting
+    (other tests stop it for ~10 s)."""
+    from llmq.models.migrate import recreate_database as recreate
 
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    base, _, name = plain.rpartition("/")
-    # The machine's Postgres may be restarting (other tests stop it for ~10 s): wait for it.
-    conn = wait_until(
-        lambda: psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=5),
-        90,
-        "Postgres to accept connections",
-        interval=1.0,
-    )
-    with conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    upgrade(url)
+    def attempt() -> bool:
+        recreate(url)
+        return True
+
+    wait_until(attempt, 90, "Postgres to take the bench database", interval=1.0)
 
 
 def database_name(url: str) -> str:

@@ -24,3 +24,16 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def heads(database_url: str = "sqlite://") -> list[str]:
     return list(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+
+
+def recreate_database(database_url: str) -> None:
+    """Drop (``WITH (FORCE)``) and create a Postgres database, then migrate it to head: the
+    throw-away databases of the tests and of ``llmq bench``."""
+    import psycopg
+
+    plain = database_url.replace("postgresql+psycopg://", "postgresql://")
+    server, _, name = plain.rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(database_url)

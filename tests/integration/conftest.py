@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from flask import Flask
@@ -26,7 +25,7 @@ from flask.testing import FlaskClient
 from llmq.api.app import create_app
 from llmq.models.base import utcnow
 from llmq.models.db import Database
-from llmq.models.migrate import upgrade
+from llmq.models.migrate import recreate_database
 from llmq.models.tenants import IssuedKey, create_key
 from llmq.settings import OpenAICompatibleEndpoint, Settings
 from llmq.tasks.app import configure_celery
@@ -47,16 +46,6 @@ DATABASE_URL = os.environ.get(
 REDIS_URL = os.environ.get("LLMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 pytestmark = pytest.mark.integration
-
-
-def _recreate_database(url: str) -> None:
-    """Drop and recreate the test database, then build it by running the migrations."""
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    base, _, name = plain.rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    upgrade(url)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +84,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def database(settings: Settings) -> Iterator[Database]:
-    _recreate_database(settings.database_url)
+    recreate_database(settings.database_url)  # built by running the migrations
     client = redis.Redis.from_url(settings.broker_url)
     client.flushdb()
     client.close()
