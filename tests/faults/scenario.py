@@ -25,6 +25,7 @@ from tests.faults.checks import check_invariants, wait_final
 from tests.faults.load import SubmitReport, run_load
 from tests.faults.receiver import Delivery
 from tests.faults.stack import Stack
+from tests.integration.services import wait_for
 
 _counter = 0
 
@@ -174,6 +175,24 @@ class Scenario:
         return self.stack.receiver.effects(self.webhook_path)
 
     # --- load and checks -------------------------------------------------------------------------
+
+    def burst_onto(
+        self, workers: tuple[str, ...], jobs: int, *, in_flight_on: str, at_least: int
+    ) -> SubmitReport:
+        """Warm the workers, let ``jobs`` pile up on the broker, release them at once, and wait
+        until ``in_flight_on`` runs at least ``at_least`` calls: the moment to inject a fault."""
+        self.warm_up(workers)
+        self.pause_consuming(*workers)
+        report = self.submit_many(jobs, rate_per_s=100)
+        assert len(report.accepted_ids) == jobs, f"every submit is accepted: {report.by_status()}"
+        self.resume_consuming(*workers)
+        wait_for(
+            lambda: len(self.running_on(in_flight_on)) >= at_least,
+            timeout=60,
+            interval=0.05,
+            what=f"{at_least} calls in flight on {in_flight_on}",
+        )
+        return report
 
     def submit_many(
         self,

@@ -16,7 +16,6 @@ from sqlalchemy import select
 
 from llmq.models.tables import Attempt
 from tests.faults.scenario import Scenario
-from tests.integration.services import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -27,14 +26,7 @@ def test_jobs_in_flight_on_a_sigkilled_worker_are_finished_by_the_other_worker(
     make_scenario: Callable[..., Scenario],
 ) -> None:
     scenario = make_scenario(latency_s=3.0, llm_workers=("a", "b"))
-    scenario.warm_up(("a", "b"))
-    scenario.pause_consuming("a", "b")
-    report = scenario.submit_many(JOBS, rate_per_s=100)
-    assert len(report.accepted_ids) == JOBS, f"every submit is accepted: {report.by_status()}"
-    scenario.resume_consuming("a", "b")
-    wait_for(
-        lambda: len(scenario.running_on("a")) >= 30, timeout=60, interval=0.05, what="30 calls in flight on a"
-    )
+    report = scenario.burst_onto(("a", "b"), JOBS, in_flight_on="a", at_least=30)
     killed = scenario.worker_tags("a")
 
     sim_in_flight = scenario.sim_stats()["in_flight_by_model"].get(scenario.model.split("/", 1)[1], 0)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.scenario import Scenario
-from tests.integration.services import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -24,14 +23,7 @@ def test_a_sigterm_deploy_mid_load_loses_nothing_and_duplicates_nothing(
     make_scenario: Callable[..., Scenario],
 ) -> None:
     scenario = make_scenario(latency_s=3.0, llm_workers=("a", "b"))
-    scenario.warm_up(("a", "b"))
-    scenario.pause_consuming("a", "b")
-    report = scenario.submit_many(JOBS, rate_per_s=100)
-    assert len(report.accepted_ids) == JOBS, f"every submit is accepted: {report.by_status()}"
-    scenario.resume_consuming("a", "b")
-    wait_for(
-        lambda: len(scenario.running_on("a")) >= 30, timeout=60, interval=0.05, what="30 calls in flight on a"
-    )
+    report = scenario.burst_onto(("a", "b"), JOBS, in_flight_on="a", at_least=30)
 
     in_flight_at_sigterm = len(scenario.running_on("a"))
     scenario.signal_worker("a", signal.SIGTERM)
