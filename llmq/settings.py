@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     default_max_tokens: int = 1024  # Anthropic requires max_tokens; used when a job gives none
     provider_timeout_s: float = 120.0
     provider_connect_timeout_s: float = 5.0
-    provider_max_connections: int = 1000
+    provider_max_connections: int = 1500  # per provider per process: at least worker_max_in_flight
     # Calls stream, so a long generation shows its progress and partial text while it runs;
     # progress is written to the database at most once per progress_interval_s per job.
     stream: bool = True
@@ -92,7 +92,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = 20
 
     # --- workers and queue ---------------------------------------------------------------------
-    worker_concurrency: int = 100
+    # Celery pool threads of an LLM worker. They only claim jobs and start calls (milliseconds
+    # each): a call in flight holds no thread, so a few threads serve a thousand calls.
+    worker_concurrency: int = 16
+    # Provider calls one worker process keeps in flight at most; a full process stops taking jobs.
+    worker_max_in_flight: int = 1500
+    # Threads that record the outcome of finished calls (database and Redis writes).
+    worker_finishers: int = 8
     webhook_worker_concurrency: int = 20
     job_time_limit_s: int = 900
     # Redis hands an unacked message to another worker after this long. A message lives unacked

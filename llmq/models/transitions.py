@@ -4,7 +4,9 @@ The API, the CLI and the tasks all call these functions, so no rule lives in two
 A transition that finds the job in another state than it expects changes nothing and says so:
 that is what makes a duplicate task delivery, a late worker or a cancel race harmless.
 Webhook events are written in the same transaction as the final state (an outbox): the caller
-enqueues their delivery after the commit.
+enqueues their delivery after the commit. A worker that sends the first attempt itself passes
+``webhook_hold_s``: the event is then claimed for that send in the same transaction (as
+``claim_event`` would), and comes back in ``TransitionResult.events`` ready to POST.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat, new_id
 from llmq.models.state import ACTIVE_STATUSES, AttemptOutcome, JobStatus, WebhookEventStatus
-from llmq.models.tables import Attempt, Job, WebhookEvent, job_public
+from llmq.models.tables import Attempt, Job, Tenant, WebhookEvent, job_public
+from llmq.models.webhook_events import EventToSend
 
 EVENT_TYPES = {
     JobStatus.COMPLETED: "job.completed",
@@ -116,6 +119,7 @@ class TransitionResult:
     job: Job | None
     applied: bool
     event_ids: list[str] = field(default_factory=list)
+    events: list[EventToSend] = field(default_factory=list)  # claimed for the caller to send now
 
 
 def compare_and_set(session: Session, statement: Executable) -> bool:
@@ -373,7 +377,14 @@ def _holds_lease(claim: ClaimedJob) -> Any:
     )
 
 
-def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: datetime) -> TransitionResult:
+def complete_job(
+    session: Session,
+    claim: ClaimedJob,
+    result: CallResult,
+    now: datetime,
+    *,
+    webhook_hold_s: float | None = None,
+) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
     job = session.scalars(
         update(Job)
@@ -414,7 +425,7 @@ def complete_job(session: Session, claim: ClaimedJob, result: CallResult, now: d
     )
     if job is None:
         return TransitionResult(job=None, applied=False)
-    return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job)
+    return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job, webhook_hold_s=webhook_hold_s)
 
 
 def _success_outcome(result: CallResult) -> AttemptOutcome:
@@ -435,6 +446,7 @@ def fail_attempt(
     wait_reason: str | None = None,
     enqueued: bool = False,
     next_model: str | None = None,
+    webhook_hold_s: float | None = None,
 ) -> TransitionResult:
     """Record a failed call; put the job back to ``queued`` for ``retry_at`` (on ``next_model``
     when a fallback is taken), or fail it."""
@@ -476,7 +488,7 @@ def fail_attempt(
         return TransitionResult(job=None, applied=False)
     if retry_at is not None:
         return TransitionResult(job=None, applied=True)
-    return _ended(session, claim.job_id, JobStatus.FAILED, now)
+    return _ended(session, claim.job_id, JobStatus.FAILED, now, webhook_hold_s=webhook_hold_s)
 
 
 def hand_back(session: Session, claim: ClaimedJob, now: datetime) -> bool:
@@ -508,7 +520,9 @@ def discard_attempt(session: Session, claim: ClaimedJob, now: datetime, latency_
     _finish_attempt(session, claim, now, outcome=AttemptOutcome.DISCARDED.value, latency_ms=latency_ms)
 
 
-def expire_overdue(session: Session, job_id: str, now: datetime) -> TransitionResult:
+def expire_overdue(
+    session: Session, job_id: str, now: datetime, *, webhook_hold_s: float | None = None
+) -> TransitionResult:
     """``queued → failed`` with a ``timeout`` error when the job's deadline has passed."""
     applied = compare_and_set(
         session,
@@ -523,7 +537,7 @@ def expire_overdue(session: Session, job_id: str, now: datetime) -> TransitionRe
     )
     if not applied:
         return TransitionResult(job=None, applied=False)
-    return _ended(session, job_id, JobStatus.FAILED, now)
+    return _ended(session, job_id, JobStatus.FAILED, now, webhook_hold_s=webhook_hold_s)
 
 
 def recover_expired_lease(
@@ -607,12 +621,19 @@ def _final_values(status: JobStatus, error_type: str, message: str, now: datetim
 
 
 def _ended(
-    session: Session, job_id: str, status: JobStatus, now: datetime, job: Job | None = None
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    now: datetime,
+    job: Job | None = None,
+    *,
+    webhook_hold_s: float | None = None,
 ) -> TransitionResult:
     if job is None:
         job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
     event_ids: list[str] = []
+    events: list[EventToSend] = []
     if job.webhook_url:
         event = WebhookEvent(
             id=new_id("msg_"),
@@ -625,11 +646,15 @@ def _ended(
                 separators=(",", ":"),
             ),
             status=WebhookEventStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
+            attempts=0 if webhook_hold_s is None else 1,
+            next_attempt_at=now if webhook_hold_s is None else now + timedelta(seconds=webhook_hold_s),
             created_at=now,
             updated_at=now,
         )
         session.add(event)
         event_ids.append(event.id)
-    return TransitionResult(job=job, applied=True, event_ids=event_ids)
+        if webhook_hold_s is not None:
+            secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == job.tenant_id))
+            assert secret is not None
+            events.append(EventToSend(event.id, event.url, event.payload, secret, attempt=1))
+    return TransitionResult(job=job, applied=True, event_ids=event_ids, events=events)

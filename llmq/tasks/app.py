@@ -118,8 +118,9 @@ def _on_worker_ready(**_: object) -> None:
 
 
 def _on_worker_shutting_down(**_: object) -> None:
-    # Warm shutdown (SIGTERM, a deploy): stop the calls in flight; each task then hands its job
-    # back to the queue at once instead of holding the deploy up or waiting for a lease to expire.
+    # Warm shutdown (SIGTERM, a deploy): stop the calls in flight and wait until the finishers have
+    # handed each job back to the queue, instead of holding the deploy up or waiting for a lease
+    # to expire; webhook POSTs under way are given the same time to end and be recorded.
     from llmq.workers.runtime import current_runtime
 
     runtime = current_runtime()

@@ -1,12 +1,21 @@
-"""``llmq.generate(job_id)``: claim the job, pass the gate, call the provider, record the outcome.
+"""``llmq.generate(job_id)``: claim the job, pass the gate, start the call; a finisher records it.
 
-Two short transactions and no session or lock held across the provider call:
+Two short transactions and no session, lock or thread held across the provider call:
 
-1. claim (``queued → processing``) and the gate (``workers/gate.py``: route, cache, breakers,
-   fleet-wide limits) — then either record the attempt, answer from the cache, or park the job;
-2. after the call: complete, retry, move to a fallback, degrade or fail (``workers/policy.py``),
-   each a compare-and-set on the lease token, so a cancelled or taken-over job discards a late
-   answer.
+1. in the Celery task: claim (``queued → processing``) and the gate (``workers/gate.py``: route,
+   cache, breakers, fleet-wide limits) — then either record the attempt and start the call on the
+   process's event loop, answer from the cache, or park the job. The task returns as soon as the
+   call has started, so its message is acked and its pool thread takes the next job: a call in
+   flight costs a coroutine, not a thread. From here on the job's lease is what makes it safe: a
+   worker that dies stops renewing it, and the sweeper gives the job to another worker.
+2. when the call ends, a finisher thread (``WorkerRuntime.finishers``) records it: complete,
+   retry, move to a fallback, degrade or fail (``workers/policy.py``), each a compare-and-set on
+   the lease token, so a cancelled or taken-over job discards a late answer. Then it sends the
+   first attempt of the job's webhook on the event loop (``workers/webhook_sender.py``); retries go
+   to the ``webhooks`` queue.
+
+A process keeps at most ``LLMQ_WORKER_MAX_IN_FLIGHT`` calls started and not yet recorded; when it
+is full, its pool threads wait before taking a job, and the broker keeps the rest.
 """
 
 from __future__ import annotations
@@ -34,17 +43,31 @@ from llmq.models.transitions import (
 )
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.tasks.webhooks import send_claimed
 from llmq.workers.cache import CachedAnswer
-from llmq.workers.call import CallOutcome, call_provider
+from llmq.workers.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.workers.gate import Go, Hit, Park, after_call, gate, model_chain
 from llmq.workers.policy import after_failure
-from llmq.workers.runtime import WorkerRuntime, get_runtime
+from llmq.workers.runtime import WorkerRuntime, get_runtime, retry_on_database_outage
 
 logger = structlog.get_logger(__name__)
 
 
 def execute_job(rt: WorkerRuntime, job_id: str) -> str:
-    """Run one attempt of a job. Returns what happened, for logs and tests."""
+    """Claim a job and start its call, or park it, or answer it from the cache. Returns what
+    happened, for logs and tests."""
+    rt.capacity.take()
+    started = False
+    try:
+        what = _claim_and_start(rt, job_id)
+        started = what == "started"
+        return what
+    finally:
+        if not started:  # else the finisher gives the capacity back
+            rt.capacity.give()
+
+
+def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
     now = utcnow()
     with rt.db.transaction() as session:
         claim = claim_job(
@@ -65,7 +88,9 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
                 claim = record_attempt(
                     session, claim, model=decision.model, now=now, route_reason=decision.route_reason
                 )
-                transition = complete_job(session, claim, _from_cache(decision.answer), now)
+                transition = complete_job(
+                    session, claim, _from_cache(decision.answer), now, webhook_hold_s=rt.webhook_hold_s
+                )
             else:
                 claim = record_attempt(
                     session, claim, model=decision.model, now=now, route_reason=decision.route_reason
@@ -78,21 +103,40 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
         logger.info("job_parked", job_id=job_id, reason=decision.reason, wait_s=round(decision.delay_s, 3))
         return "parked"
     if isinstance(decision, Hit):
-        _announce(transition)
+        _announce(rt, transition)
         logger.info("job_cache_hit", job_id=job_id)
         return "completed"
-    structlog.contextvars.bind_contextvars(job_id=job_id)
+    logger.info("job_attempt_started", job_id=job_id, attempt=claim.attempt_number, model=claim.model)
+    slot = (decision.model, decision.slot_holder) if decision.slot_holder is not None else None
+    call = start_call(rt, claim, utcnow(), slot=slot)
+    if isinstance(call, CallOutcome):  # could not start: record it here and now
+        _release(rt, decision, call)
+        _record(rt, claim, decision, call)
+        return "not_started"
+    call.future.add_done_callback(lambda _: rt.finishers.submit(_finish, rt, claim, decision, call))
+    return "started"
+
+
+def _finish(rt: WorkerRuntime, claim: ClaimedJob, go: Go, call: StartedCall) -> str:
+    """On a finisher thread, once the call has ended: give back what the gate took, record the
+    outcome, announce it. A failure here leaves the job to its lease (the sweeper recovers it)."""
+    structlog.contextvars.bind_contextvars(job_id=claim.job_id)
     try:
-        return _call_and_record(rt, claim, decision)
+        outcome = outcome_of(rt, claim, call)
+        _release(rt, go, outcome)
+        return _record(rt, claim, go, outcome)
+    except Exception as exc:
+        logger.error("job_finish_failed", error=type(exc).__name__, exc_info=exc)
+        return "error"
     finally:
+        rt.inflight.remove(claim.job_id)
+        rt.progress.forget(claim.job_id)
+        rt.capacity.give()
         structlog.contextvars.unbind_contextvars("job_id")
 
 
-def _call_and_record(rt: WorkerRuntime, claim: ClaimedJob, go: Go) -> str:
-    logger.info("job_attempt_started", attempt=claim.attempt_number, model=claim.model)
-    slot = (go.model, go.slot_holder) if go.slot_holder is not None else None
-    outcome = call_provider(rt, claim, utcnow(), slot=slot)
-    _release(rt, go, outcome)
+@retry_on_database_outage
+def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) -> str:
     if outcome.interrupted:
         return _interrupted(rt, claim, outcome.latency_ms)
     done = utcnow()
@@ -118,14 +162,18 @@ def _call_and_record(rt: WorkerRuntime, claim: ClaimedJob, go: Go) -> str:
                     next_model=step.model,
                 )
             elif step.kind == "degrade":
-                transition = complete_job(session, claim, _degraded(rt, outcome), done)
+                transition = complete_job(
+                    session, claim, _degraded(rt, outcome), done, webhook_hold_s=rt.webhook_hold_s
+                )
             else:
-                transition = fail_attempt(session, claim, step.failure, done, retry_at=None)
+                transition = fail_attempt(
+                    session, claim, step.failure, done, retry_at=None, webhook_hold_s=rt.webhook_hold_s
+                )
             what = step.kind
     if not transition.applied:
         logger.info("job_result_discarded", attempt=claim.attempt_number)
         return "discarded"
-    _announce(transition)
+    _announce(rt, transition)
     if delay is not None and _by_countdown(rt, delay):
         enqueue_job(claim.job_id, countdown=delay or None)
     # Longer waits stay parked in the database; the sweeper enqueues them when due.
@@ -145,17 +193,22 @@ def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome) -> None:
     after_call(rt, go, transient_failure=transient, total_tokens=tokens)
 
 
-def _announce(transition: TransitionResult) -> None:
+def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:
+    """Send the webhooks of a job that just ended: events this worker claimed in the same
+    transaction go out from here, on the event loop; any other goes to the webhooks queue."""
+    for event in transition.events:
+        send_claimed(rt, event)
     for event_id in transition.event_ids:
-        enqueue_webhook(event_id)
+        if all(event.event_id != event_id for event in transition.events):
+            enqueue_webhook(event_id)
 
 
 def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
     """Not claimable: maybe its deadline passed while it waited; else a duplicate or ended job."""
     with rt.db.transaction() as session:
-        expired = expire_overdue(session, job_id, utcnow())
+        expired = expire_overdue(session, job_id, utcnow(), webhook_hold_s=rt.webhook_hold_s)
     if expired.applied:
-        _announce(expired)
+        _announce(rt, expired)
         logger.info("job_deadline_passed", job_id=job_id)
         return "failed"
     logger.info("job_claim_skipped", job_id=job_id)

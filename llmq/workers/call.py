@@ -1,5 +1,6 @@
-"""One provider call for one claimed job: build the request, call, and turn what happened into a
-:class:`CallResult` or a :class:`CallFailure`. What to do after a failure is ``policy.py``'s call."""
+"""One provider call for one claimed job: build the request, start the call on the process's event
+loop, and turn what happened into a :class:`CallResult` or a :class:`CallFailure`. What to do after
+a failure is ``policy.py``'s call."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from decimal import Decimal
 import structlog
 
 from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
-from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest
+from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest, ProviderResponse
 from llmq.workers.providers.errors import ProviderServerError, ProviderTimeoutError
 from llmq.workers.providers.registry import UnknownProviderError
 from llmq.workers.runtime import WorkerRuntime
@@ -43,10 +44,20 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
     )
 
 
-def call_provider(
+@dataclass
+class StartedCall:
+    """A provider call running on the process's event loop. Nothing waits on it: its future's
+    done-callback hands it to a finisher thread (``tasks/generate.py``)."""
+
+    future: concurrent.futures.Future[ProviderResponse]
+    started: float  # time.monotonic() at start
+    timeout_s: float
+
+
+def start_call(
     rt: WorkerRuntime, claim: ClaimedJob, now: datetime, *, slot: tuple[str, str] | None = None
-) -> CallOutcome:
-    started = time.monotonic()
+) -> StartedCall | CallOutcome:
+    """Start ``claim``'s call on the event loop, or say at once why it cannot start."""
     try:
         provider, bare_model = rt.registry.resolve(claim.model)
     except UnknownProviderError as exc:
@@ -61,14 +72,29 @@ def call_provider(
         def on_progress(text: str, tokens: int) -> None:
             rt.progress.report(claim.job_id, claim.lease_token, text, tokens, max_tokens)
 
+    started = time.monotonic()
     future = rt.submit(provider.complete(request, on_progress))
-    rt.inflight.add(claim.job_id, claim.lease_token, future, slot)
+    # The deadline is enforced on the loop (``with_deadline``); the lease keeper stops a call
+    # that somehow outlives it by more than a few seconds.
+    rt.inflight.add(
+        claim.job_id, claim.lease_token, future, slot, must_end_by=started + request.timeout_s + 5.0
+    )
+    return StartedCall(future=future, started=started, timeout_s=request.timeout_s)
+
+
+def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallOutcome:
+    """What a finished call gave. ``call.future`` must be done."""
+    future = call.future
+    latency_ms = int((time.monotonic() - call.started) * 1000)
     try:
-        response = future.result(timeout=request.timeout_s + 5.0)
+        response = future.result(timeout=0)
     except concurrent.futures.CancelledError:
-        return CallOutcome(interrupted=True, latency_ms=int((time.monotonic() - started) * 1000))
+        if rt.inflight.overdue(claim.job_id):
+            error = ProviderTimeoutError("the provider call exceeded its deadline")
+            failure = CallFailure("timeout", str(error), None, None, latency_ms, True)
+            return CallOutcome(failure=failure, error=error, latency_ms=latency_ms)
+        return CallOutcome(interrupted=True, latency_ms=latency_ms)
     except ProviderError as exc:
-        latency_ms = int((time.monotonic() - started) * 1000)
         logger.info(
             "provider_call_failed",
             job_id=claim.job_id,
@@ -86,22 +112,11 @@ def call_provider(
             retryable=exc.retryable,
         )
         return CallOutcome(failure=failure, error=exc, latency_ms=latency_ms)
-    except TimeoutError:
-        future.cancel()
-        latency_ms = int((time.monotonic() - started) * 1000)
-        error = ProviderTimeoutError("the provider call exceeded its deadline")
-        failure = CallFailure("timeout", str(error), None, None, latency_ms, True)
-        return CallOutcome(failure=failure, error=error, latency_ms=latency_ms)
     except Exception as exc:  # a bug or an SDK surprise: record it, retry like a transient error
-        logger.exception("provider_call_crashed", job_id=claim.job_id, error=type(exc).__name__)
-        latency_ms = int((time.monotonic() - started) * 1000)
+        logger.error("provider_call_crashed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
         crash = ProviderServerError(f"internal error: {type(exc).__name__}")
         failure = CallFailure("internal_error", type(exc).__name__, None, None, latency_ms, True)
         return CallOutcome(failure=failure, error=crash, latency_ms=latency_ms)
-    finally:
-        rt.inflight.remove(claim.job_id)
-        rt.progress.forget(claim.job_id)
-    latency_ms = int((time.monotonic() - started) * 1000)
     cost = rt.prices.cost_usd(claim.model, response.prompt_tokens, response.completion_tokens)
     return CallOutcome(
         result=CallResult(
@@ -110,13 +125,7 @@ def call_provider(
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             served_by=claim.model,
-            cost_usd=None if cost is None else _decimal(cost),
+            cost_usd=None if cost is None else Decimal(str(cost)),
             latency_ms=latency_ms,
         )
     )
-
-
-def _decimal(value: float) -> Decimal:
-    from decimal import Decimal
-
-    return Decimal(str(value))

@@ -7,12 +7,16 @@
   call at once (the lease keeper is the fallback if a message is missed).
 
 On a warm shutdown (SIGTERM, a deploy) every call is cancelled and each job is handed back to
-the queue by the task that ran it, so nothing waits for a lease to expire.
+the queue by the finisher that records its call, so nothing waits for a lease to expire.
+
+:class:`CallCapacity` bounds the calls a process has started and not yet recorded: when it is
+full, the Celery pool threads stop taking jobs (the broker keeps them for other workers).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
@@ -32,25 +36,82 @@ logger = structlog.get_logger(__name__)
 CANCEL_CHANNEL = "llmq:cancel"
 
 
+class CallCapacity:
+    """At most ``limit`` calls started and not yet recorded in this process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def take(self) -> None:
+        """Block until there is room for one more call."""
+        with self._cond:
+            while self._used >= self.limit:
+                self._cond.wait()
+            self._used += 1
+
+    def give(self) -> None:
+        with self._cond:
+            self._used -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every call taken was given back; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._used == 0, timeout)
+
+    def __len__(self) -> int:
+        return self._used
+
+
 class InFlightCalls:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[str, Future[Any]]] = {}
         self._slots: dict[str, tuple[str, str]] = {}  # job id → (model, slot holder)
+        self._must_end_by: dict[str, float] = {}  # job id → time.monotonic() deadline
+        self._overdue: set[str] = set()
         self.shutting_down = False
 
     def add(
-        self, job_id: str, lease_token: str, future: Future[Any], slot: tuple[str, str] | None = None
+        self,
+        job_id: str,
+        lease_token: str,
+        future: Future[Any],
+        slot: tuple[str, str] | None = None,
+        *,
+        must_end_by: float | None = None,
     ) -> None:
         with self._lock:
             self._calls[job_id] = (lease_token, future)
             if slot is not None:
                 self._slots[job_id] = slot
+            if must_end_by is not None:
+                self._must_end_by[job_id] = must_end_by
 
     def remove(self, job_id: str) -> None:
         with self._lock:
             self._calls.pop(job_id, None)
             self._slots.pop(job_id, None)
+            self._must_end_by.pop(job_id, None)
+            self._overdue.discard(job_id)
+
+    def stop_overdue(self, now: float | None = None) -> list[str]:
+        """Cancel the calls past their deadline (a safety net: the event loop enforces it)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            late = [job_id for job_id, end in self._must_end_by.items() if end < now]
+            self._overdue.update(late)
+            futures = [self._calls[job_id][1] for job_id in late if job_id in self._calls]
+        for future in futures:
+            future.cancel()
+        return late
+
+    def overdue(self, job_id: str) -> bool:
+        """Was this call stopped for outliving its deadline (rather than cancelled)?"""
+        with self._lock:
+            return job_id in self._overdue
 
     def slots(self) -> dict[str, list[str]]:
         """Concurrency slots held by the calls in flight, by model (their leases are renewed)."""
@@ -99,6 +160,8 @@ class LeaseKeeper(threading.Thread):
                 logger.warning("lease_renewal_failed", error=type(exc).__name__)
 
     def renew_once(self) -> int:
+        for job_id in self.inflight.stop_overdue():
+            logger.warning("call_overdue_stopped", job_id=job_id)
         if self.limiter is not None:
             for model, holders in self.inflight.slots().items():
                 self.limiter.renew_slot(model, holders)

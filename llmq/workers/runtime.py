@@ -1,9 +1,11 @@
-"""What one worker process holds: the database, the provider clients, the prices, and an asyncio
-event loop on a background thread where every provider call of the process runs.
+"""What one worker process holds: the database, the provider clients, the prices, an asyncio
+event loop on a background thread where every provider call and webhook POST of the process runs,
+and the finisher threads that record finished calls.
 
-Celery's pool threads hand a call to the loop and wait on its future: waiting costs no CPU, the
-SDK clients and their connection pools are shared by the whole process, and each call's deadline
-is enforced by asyncio whatever the pool. Built lazily, once per process (after any fork).
+Celery's pool threads claim a job and start its call on the loop, then go back to the queue:
+a call in flight costs a coroutine, not a thread, the SDK clients and their connection pools are
+shared by the whole process, and each call's deadline is enforced by asyncio whatever the pool.
+Built lazily, once per process (after any fork).
 """
 
 from __future__ import annotations
@@ -13,23 +15,29 @@ import concurrent.futures
 import os
 import socket
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
-import httpx
 import redis
+import sqlalchemy.exc
+import structlog
+import tenacity
 
 from llmq.models.db import Database
 from llmq.settings import Settings, get_settings
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
-from llmq.workers.inflight import CancelListener, InFlightCalls, LeaseKeeper
+from llmq.workers.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
+from llmq.workers.webhook_sender import webhook_session
 
 T = TypeVar("T")
+P = ParamSpec("P")
+logger = structlog.get_logger(__name__)
 
 
 class WorkerRuntime:
@@ -46,14 +54,17 @@ class WorkerRuntime:
         self.breakers = CircuitBreakers(self.redis, self.providers)
         self.cache = ResponseCache(self.redis, self.providers.cache)
         self.registry = ProviderRegistry.from_settings(settings)
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(settings.webhook_timeout_s, connect=5.0),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.webhook_worker_concurrency * 2),
-        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
         self._thread.start()
+        self.webhook_session = self.run(_on_loop(webhook_session, settings.worker_max_in_flight))
+        # A worker that ends a job claims its webhook event for this long and sends it at once.
+        self.webhook_hold_s = settings.webhook_timeout_s + 30
+        self.capacity = CallCapacity(settings.worker_max_in_flight)
+        self.webhook_sends = CallCapacity(1 << 30)  # counts the POSTs not yet recorded
+        self.finishers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.worker_finishers, thread_name_prefix="llmq-finisher"
+        )
         self.inflight = InFlightCalls()
         self.lease_keeper = LeaseKeeper(self.db, self.inflight, settings.lease_s, self.limiter)
         self.lease_keeper.start()
@@ -72,10 +83,17 @@ class WorkerRuntime:
         """Start ``coro`` on the process's event loop; cancelling the future cancels the call."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def shutdown_calls(self) -> int:
-        """A warm shutdown: stop every call; each task hands its job back to the queue."""
+    def shutdown_calls(self, wait_s: float = 15.0) -> int:
+        """A warm shutdown: stop every call, and wait until the finishers have handed each job
+        back to the queue (and recorded the calls that had just ended)."""
         self.inflight.shutting_down = True
-        return self.inflight.cancel_all()
+        stopped = self.inflight.cancel_all()
+        until = time.monotonic() + wait_s
+        if not self.capacity.wait_idle(wait_s):
+            logger.warning("shutdown_calls_left", calls=len(self.capacity))
+        if not self.webhook_sends.wait_idle(max(0.0, until - time.monotonic())):
+            logger.warning("shutdown_webhooks_left", sends=len(self.webhook_sends))
+        return stopped
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the process's event loop and wait for it from this (pool) thread."""
@@ -90,12 +108,39 @@ class WorkerRuntime:
         self.lease_keeper.stop()
         self.cancel_listener.stop()
         self.progress.stop()
+        self.finishers.shutdown(wait=True, cancel_futures=False)
         try:
             self.run(self.registry.aclose(), timeout=5)
+            self.run(self.webhook_session.close(), timeout=5)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.http.close()
             self.db.dispose()
+
+
+async def _on_loop(factory: Callable[..., T], *args: Any) -> T:
+    """Build something that must be created inside the running event loop (aiohttp sessions)."""
+    return factory(*args)
+
+
+def retry_on_database_outage(fn: Callable[P, T]) -> Callable[P, T]:
+    """Retry a unit of work while the database is unreachable (a restart, a failover) for up to
+    half a lease: the result of a finished provider call is worth waiting for, and running the
+    call again would cost the user twice. Errors that are not about the connection are raised."""
+    return tenacity.retry(
+        retry=tenacity.retry_if_exception(_is_outage),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=3.0),
+        stop=tenacity.stop_after_delay(30.0),
+        reraise=True,
+        before_sleep=lambda state: logger.warning(
+            "database_unavailable_retrying", attempt=state.attempt_number, fn=getattr(fn, "__name__", "")
+        ),
+    )(fn)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )
 
 
 _runtime: WorkerRuntime | None = None

@@ -1,5 +1,9 @@
 """One POST of one webhook event: sign, send, classify the answer.
 
+Sends run on the worker process's event loop (aiohttp), so a slow receiver holds a coroutine, not
+a thread; the first attempt of an event goes out from the LLM worker that ended the job, the
+retries from the webhooks queue.
+
 Redirects are never followed (a 3xx is a failure); ``410 Gone`` stops the retries of that event;
 ``Retry-After`` on 429/503 is honoured as the floor of the next delay.
 """
@@ -9,8 +13,9 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import httpx
+import aiohttp
 
 from llmq.models.webhook_events import EventToSend
 from llmq.webhooks import sign
@@ -28,38 +33,66 @@ class DeliveryOutcome:
     retry_after_s: float | None = None
 
 
-def post_event(
-    client: httpx.Client, event: EventToSend, *, timeout_s: float, allow_private: bool = False
-) -> DeliveryOutcome:
+def webhook_session(max_connections: int) -> aiohttp.ClientSession:
+    """The HTTP client of a process's webhook sends; create it on the event loop that uses it."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=60),
+        auto_decompress=False,
+        trust_env=False,
+    )
+
+
+def prepare(
+    event: EventToSend, *, allow_private: bool
+) -> tuple[str, dict[str, str], str | None] | DeliveryOutcome:
+    """The URL to connect to, the headers and the TLS server name of one attempt — or the
+    refusal, when the URL now resolves to a forbidden address. Resolves DNS: call it off the loop."""
     headers = {
         "content-type": "application/json",
         "user-agent": "llmq-webhooks/1",
         **sign(event.secret, event.event_id, int(time.time()), event.payload),
     }
-    started = time.monotonic()
-    url = event.url
-    extensions: dict[str, str] = {}
-    if not allow_private:
-        try:
-            pinned = pin(event.url)
-        except (BlockedDestination, OSError) as exc:
-            return DeliveryOutcome(False, None, _ms(started), f"refused: {exc}"[:500])
-        url = pinned.url
-        headers["host"] = pinned.host_header
-        if pinned.sni_hostname:
-            extensions["sni_hostname"] = pinned.sni_hostname
+    if allow_private:
+        return event.url, headers, None
     try:
-        response = client.post(
-            url, content=event.payload.encode(), headers=headers, timeout=timeout_s, extensions=extensions
-        )
-    except httpx.TimeoutException:
+        pinned = pin(event.url)
+    except (BlockedDestination, OSError) as exc:
+        return DeliveryOutcome(False, None, 0, f"refused: {exc}"[:500])
+    headers["host"] = pinned.host_header
+    return pinned.url, headers, pinned.sni_hostname
+
+
+async def post_event(
+    session: aiohttp.ClientSession,
+    event: EventToSend,
+    url: str,
+    headers: dict[str, str],
+    server_hostname: str | None,
+    *,
+    timeout_s: float,
+) -> DeliveryOutcome:
+    """POST one attempt, never following a redirect, within ``timeout_s`` in total."""
+    started = time.monotonic()
+    extra: dict[str, Any] = {"server_hostname": server_hostname} if server_hostname else {}
+    try:
+        async with session.post(
+            url,
+            data=event.payload.encode(),
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            **extra,
+        ) as response:
+            await response.read()  # a small body, read so the connection can be reused
+            status = response.status
+            response_headers = response.headers
+    except TimeoutError:
         return DeliveryOutcome(False, None, _ms(started), "timeout")
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         return DeliveryOutcome(False, None, _ms(started), f"{type(exc).__name__}: {exc}"[:500])
-    status = response.status_code
     if 200 <= status < 300:
         return DeliveryOutcome(True, status, _ms(started), None)
-    retry_after = parse_retry_after(response.headers) if status in (429, 503) else None
+    retry_after = parse_retry_after(response_headers) if status in (429, 503) else None
     return DeliveryOutcome(
         False,
         status,
