@@ -143,7 +143,7 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
     delay = None
     with rt.db.transaction() as session:
         if outcome.result is not None:
-            transition = complete_job(session, claim, outcome.result, done)
+            transition = complete_job(session, claim, outcome.result, done, webhook_hold_s=rt.webhook_hold_s)
             what = "completed"
         else:
             assert outcome.failure is not None
