@@ -18,7 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+        # No pre-ping: it is a round trip on every checkout. After a database restart the first use
+        # of a dead connection fails, SQLAlchemy then drops every pooled connection, and callers
+        # retry (workers: ``retry_on_database_outage``; the API answers 503 with Retry-After).
+        kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             _ensure_sqlite_dir(url)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}

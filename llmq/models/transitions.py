@@ -16,9 +16,10 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, func, select, update
+from sqlalchemy import CursorResult, Executable, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,16 @@ from llmq.models.base import isoformat, new_id
 from llmq.models.state import ACTIVE_STATUSES, AttemptOutcome, JobStatus, WebhookEventStatus
 from llmq.models.tables import Attempt, Job, Tenant, WebhookEvent, job_public
 from llmq.models.webhook_events import EventToSend
+
+# Core tables for the hot path (claim, attempt, completion, events): no unit of work, no identity
+# map, no objects built only to be serialised.
+JOBS = cast(Table, Job.__table__)
+ATTEMPTS = cast(Table, Attempt.__table__)
+EVENTS = cast(Table, WebhookEvent.__table__)
+TENANTS = cast(Table, Tenant.__table__)
+# Every column of a job under its attribute name, so a returned row reads like a Job for job_public.
+JOB_COLUMNS = [attr.columns[0].label(attr.key) for attr in Job.__mapper__.column_attrs]
+_UNSET_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs}
 
 EVENT_TYPES = {
     JobStatus.COMPLETED: "job.completed",
@@ -116,7 +127,7 @@ class ClaimedJob:
 class TransitionResult:
     """The outcome of a transition: the job as it now is, and webhook events to enqueue."""
 
-    job: Job | None
+    job: Any  # the job after the move (a Job, or a row with its attributes), when read
     applied: bool
     event_ids: list[str] = field(default_factory=list)
     events: list[EventToSend] = field(default_factory=list)  # claimed for the caller to send now
@@ -139,12 +150,14 @@ def create_job(
     max_attempts: int,
     idempotency_key: str | None = None,
     idempotency_ttl_s: int = 86400,
-) -> tuple[Job, bool]:
+) -> tuple[Any, bool]:
     """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
-    replay. The unique constraint on (tenant, key), not a read-then-write, settles races."""
+    replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
+    just inserted, the stored Job for a replay. The unique constraint on (tenant, key), not a
+    read-then-write, settles races."""
     fingerprint = new.fingerprint()
     for _ in range(3):
-        job = Job(
+        values = dict(
             id=new_id("job_"),
             tenant_id=tenant_id,
             status=JobStatus.QUEUED.value,
@@ -163,15 +176,19 @@ def create_job(
             use_cache=new.use_cache,
             degraded_ok=new.degraded_ok,
             attempts=0,
+            model_attempts=0,
             progress=0.0,
+            cached=False,
+            degraded=False,
             enqueued_at=now,
             created_at=now,
             updated_at=now,
         )
-        if idempotency_key is None:
-            session.add(job)
-            session.flush()
-            return job, True
+        if idempotency_key is None:  # the common case: one INSERT, no unit of work
+            columns = {Job.__mapper__.column_attrs[key].columns[0].name: v for key, v in values.items()}
+            session.execute(insert(JOBS).values(**columns))
+            return SimpleNamespace(**{**_UNSET_JOB, **values}), True
+        job = Job(**values)
         try:
             with session.begin_nested():
                 session.add(job)
@@ -220,41 +237,40 @@ def claim_job(
     (the call goes ahead, in the same transaction) or takes it back with :func:`park_job`."""
     due_by = now + timedelta(seconds=early_s)
     row = session.execute(
-        update(Job)
+        update(JOBS)
         .where(
-            Job.id == job_id,
-            Job.status == JobStatus.QUEUED.value,
-            (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= due_by),
-            (Job.deadline_at.is_(None)) | (Job.deadline_at > now),
+            JOBS.c.id == job_id,
+            JOBS.c.status == JobStatus.QUEUED.value,
+            (JOBS.c.next_attempt_at.is_(None)) | (JOBS.c.next_attempt_at <= due_by),
+            (JOBS.c.deadline_at.is_(None)) | (JOBS.c.deadline_at > now),
         )
         .values(
             status=JobStatus.PROCESSING.value,
-            attempts=Job.attempts + 1,
-            model_attempts=Job.model_attempts + 1,
+            attempts=JOBS.c.attempts + 1,
+            model_attempts=JOBS.c.model_attempts + 1,
             lease_token=lease_token,
             lease_expires_at=now + timedelta(seconds=lease_s),
             next_attempt_at=None,
             wait_reason=None,
-            started_at=func.coalesce(Job.started_at, now),
+            started_at=func.coalesce(JOBS.c.started_at, now),
             updated_at=now,
         )
         .returning(
-            Job.tenant_id,
-            Job.attempts,
-            Job.max_attempts,
-            Job.model,
-            Job.current_model,
-            Job.model_attempts,
-            Job.messages,
-            Job.max_tokens,
-            Job.temperature,
-            Job.end_user,
-            Job.deadline_at,
-            Job.fallbacks,
-            Job.use_cache,
-            Job.degraded_ok,
+            JOBS.c.tenant_id,
+            JOBS.c.attempts,
+            JOBS.c.max_attempts,
+            JOBS.c.model,
+            JOBS.c.current_model,
+            JOBS.c.model_attempts,
+            JOBS.c.messages,
+            JOBS.c.max_tokens,
+            JOBS.c.temperature,
+            JOBS.c.user.label("end_user"),
+            JOBS.c.deadline_at,
+            JOBS.c.fallbacks,
+            JOBS.c.use_cache,
+            JOBS.c.degraded_ok,
         )
-        .execution_options(synchronize_session=False)
     ).first()
     if row is None:
         return None
@@ -298,8 +314,8 @@ def record_attempt(
         if route_reason is not None:
             values["route_reason"] = route_reason
         session.execute(update(Job).where(Job.id == claim.job_id).values(**values))
-    session.add(
-        Attempt(
+    session.execute(
+        insert(ATTEMPTS).values(
             job_id=claim.job_id,
             number=claim.attempt_number,
             provider=model.split("/", 1)[0],
@@ -320,12 +336,12 @@ def park_job(
     """Give the claim back without calling anyone: no capacity now (rate limit, open breaker).
     The job waits in the database with ``next_attempt_at``; the attempt is not counted."""
     session.execute(
-        update(Job)
+        update(JOBS)
         .where(_holds_lease(claim))
         .values(
             status=JobStatus.QUEUED.value,
-            attempts=Job.attempts - 1,
-            model_attempts=Job.model_attempts - 1,
+            attempts=JOBS.c.attempts - 1,
+            model_attempts=JOBS.c.model_attempts - 1,
             lease_token=None,
             lease_expires_at=None,
             next_attempt_at=until,
@@ -363,17 +379,17 @@ class CallFailure:
 
 def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> None:
     session.execute(
-        update(Attempt)
-        .where(Attempt.job_id == claim.job_id, Attempt.number == claim.attempt_number)
+        update(ATTEMPTS)
+        .where(ATTEMPTS.c.job_id == claim.job_id, ATTEMPTS.c.number == claim.attempt_number)
         .values(ended_at=now, **values)
     )
 
 
 def _holds_lease(claim: ClaimedJob) -> Any:
     return (
-        (Job.id == claim.job_id)
-        & (Job.status == JobStatus.PROCESSING.value)
-        & (Job.lease_token == claim.lease_token)
+        (JOBS.c.id == claim.job_id)
+        & (JOBS.c.status == JobStatus.PROCESSING.value)
+        & (JOBS.c.lease_token == claim.lease_token)
     )
 
 
@@ -386,8 +402,8 @@ def complete_job(
     webhook_hold_s: float | None = None,
 ) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    job = session.scalars(
-        update(Job)
+    job = session.execute(
+        update(JOBS)
         .where(_holds_lease(claim))
         .values(
             status=JobStatus.COMPLETED.value,
@@ -409,8 +425,7 @@ def complete_job(
             completed_at=now,
             updated_at=now,
         )
-        .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*JOB_COLUMNS)
     ).first()
     applied = job is not None
     _finish_attempt(
@@ -471,7 +486,7 @@ def fail_attempt(
         values = _final_values(JobStatus.FAILED, failure.error_type, failure.message, now)
     applied = compare_and_set(
         session,
-        update(Job).where(_holds_lease(claim)).values(**values).execution_options(synchronize_session=False),
+        update(JOBS).where(_holds_lease(claim)).values(**values).execution_options(synchronize_session=False),
     )
     _finish_attempt(
         session,
@@ -495,7 +510,7 @@ def hand_back(session: Session, claim: ClaimedJob, now: datetime) -> bool:
     """``processing → queued`` at once: the worker is shutting down (a deploy) mid-call."""
     applied = compare_and_set(
         session,
-        update(Job)
+        update(JOBS)
         .where(_holds_lease(claim))
         .values(
             status=JobStatus.QUEUED.value,
@@ -625,36 +640,40 @@ def _ended(
     job_id: str,
     status: JobStatus,
     now: datetime,
-    job: Job | None = None,
+    job: Any = None,
     *,
     webhook_hold_s: float | None = None,
 ) -> TransitionResult:
+    """After a move to a final state: write the job's webhook event (the outbox). ``job`` is the
+    ended job (a Job, or a row with its attributes), read here when not given."""
     if job is None:
-        job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
+        job = session.execute(select(*JOB_COLUMNS).where(JOBS.c.id == job_id)).one()
     event_ids: list[str] = []
     events: list[EventToSend] = []
     if job.webhook_url:
-        event = WebhookEvent(
-            id=new_id("msg_"),
-            job_id=job.id,
-            tenant_id=job.tenant_id,
-            type=EVENT_TYPES[status],
-            url=job.webhook_url,
-            payload=json.dumps(
-                {"type": EVENT_TYPES[status], "timestamp": isoformat(now), "data": job_public(job)},
-                separators=(",", ":"),
-            ),
-            status=WebhookEventStatus.PENDING.value,
-            attempts=0 if webhook_hold_s is None else 1,
-            next_attempt_at=now if webhook_hold_s is None else now + timedelta(seconds=webhook_hold_s),
-            created_at=now,
-            updated_at=now,
+        event_id = new_id("msg_")
+        payload = json.dumps(
+            {"type": EVENT_TYPES[status], "timestamp": isoformat(now), "data": job_public(job)},
+            separators=(",", ":"),
         )
-        session.add(event)
-        event_ids.append(event.id)
+        session.execute(
+            insert(EVENTS).values(
+                id=event_id,
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                type=EVENT_TYPES[status],
+                url=job.webhook_url,
+                payload=payload,
+                status=WebhookEventStatus.PENDING.value,
+                attempts=0 if webhook_hold_s is None else 1,
+                next_attempt_at=now if webhook_hold_s is None else now + timedelta(seconds=webhook_hold_s),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        event_ids.append(event_id)
         if webhook_hold_s is not None:
-            secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == job.tenant_id))
+            secret = session.scalar(select(TENANTS.c.webhook_secret).where(TENANTS.c.id == job.tenant_id))
             assert secret is not None
-            events.append(EventToSend(event.id, event.url, event.payload, secret, attempt=1))
+            events.append(EventToSend(event_id, job.webhook_url, payload, secret, attempt=1))
     return TransitionResult(job=job, applied=True, event_ids=event_ids, events=events)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
@@ -67,8 +67,8 @@ def record_delivery(
     stop: bool = False,
 ) -> str:
     """Write the attempt and move the event on. Returns the event's new status."""
-    session.add(
-        WebhookDelivery(
+    session.execute(
+        insert(cast(Table, WebhookDelivery.__table__)).values(
             event_id=event.event_id,
             attempt=event.attempt,
             attempted_at=now,
