@@ -238,7 +238,7 @@ def worker(queues: str, concurrency: int | None, pool: str, name: str | None) ->
             str(concurrency),
             "-n",
             node,
-            "-E",
+            *(["-E"] if settings.task_events else []),
             "--without-gossip",
             "--without-mingle",
             "--loglevel",

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # Threads that record the outcome of finished calls (database and Redis writes).
     worker_finishers: int = 8
     webhook_worker_concurrency: int = 20
+    # Task events (received/started/succeeded) feed Flower's task pages; each is a publish to Redis.
+    # Off: Flower still lists the workers and their queues, not the tasks.
+    task_events: bool = True
     job_time_limit_s: int = 900
     # Redis hands an unacked message to another worker after this long. A message lives unacked
     # for one attempt (at most provider_timeout_s) or one countdown (at most max_countdown_s), so

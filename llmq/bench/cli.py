@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -15,6 +16,10 @@ from typing import Any
 import click
 
 from llmq.bench.stack import DEFAULT_DATABASE_URL, BenchError, Stack, StackConfig
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @click.command()
@@ -176,6 +181,8 @@ def bench(
     machine = machine_info()
     stack = Stack(config)
     phases: dict[str, Any] = {}
+    # A SIGTERM (timeout, kill) stops the bench like Ctrl-C: the stack is torn down, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()
         for plan in plans:

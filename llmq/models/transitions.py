@@ -5,7 +5,7 @@ A transition that finds the job in another state than it expects changes nothing
 that is what makes a duplicate task delivery, a late worker or a cancel race harmless.
 Webhook events are written in the same transaction as the final state (an outbox): the caller
 enqueues their delivery after the commit. A worker that sends the first attempt itself passes
-``webhook_hold_s``: the event is then claimed for that send in the same transaction (as
+``send_now``: the event is then claimed for that send in the same transaction (as
 ``claim_event`` would), and comes back in ``TransitionResult.events`` ready to POST.
 """
 
@@ -37,6 +37,9 @@ TENANTS = cast(Table, Tenant.__table__)
 # Every column of a job under its attribute name, so a returned row reads like a Job for job_public.
 JOB_COLUMNS = [attr.columns[0].label(attr.key) for attr in Job.__mapper__.column_attrs]
 _UNSET_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs}
+# What job_public and the webhook event need: not the prompt, not the idempotency fields.
+_NOT_PUBLIC = {"messages", "request_fingerprint", "idempotency_key", "partial_text", "lease_token"}
+PUBLIC_JOB_COLUMNS = [column for column in JOB_COLUMNS if column.key not in _NOT_PUBLIC]
 
 EVENT_TYPES = {
     JobStatus.COMPLETED: "job.completed",
@@ -121,6 +124,24 @@ class ClaimedJob:
     use_cache: bool | None = None
     degraded_ok: bool = False
     worker: str | None = None
+
+
+@dataclass(frozen=True)
+class SendNow:
+    """The caller sends the first attempt of a job's webhook itself, right after the commit: the
+    event is claimed for ``hold_s`` (past that, the sweeper hands it to the webhooks queue)."""
+
+    hold_s: float
+    # A tenant's webhook secret never changes once created, so a process keeps the ones it read.
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def secret(self, session: Session, tenant_id: str) -> str:
+        secret = self.secrets.get(tenant_id)
+        if secret is None:
+            secret = session.scalar(select(TENANTS.c.webhook_secret).where(TENANTS.c.id == tenant_id))
+            assert secret is not None
+            self.secrets[tenant_id] = secret
+        return secret
 
 
 @dataclass
@@ -399,7 +420,7 @@ def complete_job(
     result: CallResult,
     now: datetime,
     *,
-    webhook_hold_s: float | None = None,
+    send_now: SendNow | None = None,
 ) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
     job = session.execute(
@@ -425,7 +446,7 @@ def complete_job(
             completed_at=now,
             updated_at=now,
         )
-        .returning(*JOB_COLUMNS)
+        .returning(*PUBLIC_JOB_COLUMNS)
     ).first()
     applied = job is not None
     _finish_attempt(
@@ -440,7 +461,7 @@ def complete_job(
     )
     if job is None:
         return TransitionResult(job=None, applied=False)
-    return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job, webhook_hold_s=webhook_hold_s)
+    return _ended(session, claim.job_id, JobStatus.COMPLETED, now, job, send_now=send_now)
 
 
 def _success_outcome(result: CallResult) -> AttemptOutcome:
@@ -461,7 +482,7 @@ def fail_attempt(
     wait_reason: str | None = None,
     enqueued: bool = False,
     next_model: str | None = None,
-    webhook_hold_s: float | None = None,
+    send_now: SendNow | None = None,
 ) -> TransitionResult:
     """Record a failed call; put the job back to ``queued`` for ``retry_at`` (on ``next_model``
     when a fallback is taken), or fail it."""
@@ -503,7 +524,7 @@ def fail_attempt(
         return TransitionResult(job=None, applied=False)
     if retry_at is not None:
         return TransitionResult(job=None, applied=True)
-    return _ended(session, claim.job_id, JobStatus.FAILED, now, webhook_hold_s=webhook_hold_s)
+    return _ended(session, claim.job_id, JobStatus.FAILED, now, send_now=send_now)
 
 
 def hand_back(session: Session, claim: ClaimedJob, now: datetime) -> bool:
@@ -536,7 +557,7 @@ def discard_attempt(session: Session, claim: ClaimedJob, now: datetime, latency_
 
 
 def expire_overdue(
-    session: Session, job_id: str, now: datetime, *, webhook_hold_s: float | None = None
+    session: Session, job_id: str, now: datetime, *, send_now: SendNow | None = None
 ) -> TransitionResult:
     """``queued → failed`` with a ``timeout`` error when the job's deadline has passed."""
     applied = compare_and_set(
@@ -552,7 +573,7 @@ def expire_overdue(
     )
     if not applied:
         return TransitionResult(job=None, applied=False)
-    return _ended(session, job_id, JobStatus.FAILED, now, webhook_hold_s=webhook_hold_s)
+    return _ended(session, job_id, JobStatus.FAILED, now, send_now=send_now)
 
 
 def recover_expired_lease(
@@ -642,7 +663,7 @@ def _ended(
     now: datetime,
     job: Any = None,
     *,
-    webhook_hold_s: float | None = None,
+    send_now: SendNow | None = None,
 ) -> TransitionResult:
     """After a move to a final state: write the job's webhook event (the outbox). ``job`` is the
     ended job (a Job, or a row with its attributes), read here when not given."""
@@ -665,15 +686,14 @@ def _ended(
                 url=job.webhook_url,
                 payload=payload,
                 status=WebhookEventStatus.PENDING.value,
-                attempts=0 if webhook_hold_s is None else 1,
-                next_attempt_at=now if webhook_hold_s is None else now + timedelta(seconds=webhook_hold_s),
+                attempts=0 if send_now is None else 1,
+                next_attempt_at=now if send_now is None else now + timedelta(seconds=send_now.hold_s),
                 created_at=now,
                 updated_at=now,
             )
         )
         event_ids.append(event_id)
-        if webhook_hold_s is not None:
-            secret = session.scalar(select(TENANTS.c.webhook_secret).where(TENANTS.c.id == job.tenant_id))
-            assert secret is not None
+        if send_now is not None:
+            secret = send_now.secret(session, job.tenant_id)
             events.append(EventToSend(event_id, job.webhook_url, payload, secret, attempt=1))
     return TransitionResult(job=job, applied=True, event_ids=event_ids, events=events)

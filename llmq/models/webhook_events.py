@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
@@ -54,6 +54,82 @@ def claim_event(
     )
 
 
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """What one attempt of one event gave, and when the next attempt is due (None: no more)."""
+
+    event: EventToSend
+    now: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    success: bool
+    next_attempt_at: datetime | None
+    stop: bool = False
+
+    @property
+    def status(self) -> WebhookEventStatus:
+        if self.success:
+            return WebhookEventStatus.DELIVERED
+        if self.stop:
+            return WebhookEventStatus.STOPPED
+        if self.next_attempt_at is None:
+            return WebhookEventStatus.EXHAUSTED
+        return WebhookEventStatus.PENDING
+
+
+_DELIVERIES = cast(Table, WebhookDelivery.__table__)
+_EVENTS = cast(Table, WebhookEvent.__table__)
+_MOVE_EVENT = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("b_event_id"))
+    .values(
+        status=bindparam("b_status"),
+        last_status_code=bindparam("b_status_code"),
+        delivered_at=bindparam("b_delivered_at"),
+        next_attempt_at=bindparam("b_next_at"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
+def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[str]:
+    """Write the attempts and move their events on, all in two statements. Returns each event's
+    new status."""
+    if not records:
+        return []
+    session.execute(
+        insert(_DELIVERIES),
+        [
+            {
+                "event_id": r.event.event_id,
+                "attempt": r.event.attempt,
+                "attempted_at": r.now,
+                "status_code": r.status_code,
+                "latency_ms": r.latency_ms,
+                "success": r.success,
+                "error": r.error[:2000] if r.error else None,
+            }
+            for r in records
+        ],
+    )
+    session.execute(
+        _MOVE_EVENT,
+        [
+            {
+                "b_event_id": r.event.event_id,
+                "b_status": r.status.value,
+                "b_status_code": r.status_code,
+                "b_delivered_at": r.now if r.success else None,
+                "b_next_at": r.next_attempt_at if r.status is WebhookEventStatus.PENDING else None,
+                "b_now": r.now,
+            }
+            for r in records
+        ],
+    )
+    return [r.status.value for r in records]
+
+
 def record_delivery(
     session: Session,
     event: EventToSend,
@@ -67,38 +143,8 @@ def record_delivery(
     stop: bool = False,
 ) -> str:
     """Write the attempt and move the event on. Returns the event's new status."""
-    session.execute(
-        insert(cast(Table, WebhookDelivery.__table__)).values(
-            event_id=event.event_id,
-            attempt=event.attempt,
-            attempted_at=now,
-            status_code=status_code,
-            latency_ms=latency_ms,
-            success=success,
-            error=error[:2000] if error else None,
-        )
-    )
-    if success:
-        status = WebhookEventStatus.DELIVERED
-    elif stop:
-        status = WebhookEventStatus.STOPPED
-    elif next_attempt_at is None:
-        status = WebhookEventStatus.EXHAUSTED
-    else:
-        status = WebhookEventStatus.PENDING
-    session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event.event_id)
-        .values(
-            status=status.value,
-            last_status_code=status_code,
-            delivered_at=now if success else None,
-            next_attempt_at=next_attempt_at if status is WebhookEventStatus.PENDING else None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return status.value
+    record = DeliveryRecord(event, now, status_code, latency_ms, error, success, next_attempt_at, stop)
+    return record_deliveries(session, [record])[0]
 
 
 def due_events(session: Session, *, now: datetime, limit: int = 500) -> list[str]:

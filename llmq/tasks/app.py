@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "llmq.sweep": {"queue": WEBHOOK_QUEUE},
         },
         # Flower and `celery events` need task events.
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         # No task-sent event: it is a second publish on every submit, and Flower shows tasks from
         # the worker's received/started/succeeded events.
         "task_send_sent_event": False,

@@ -89,7 +89,7 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
                     session, claim, model=decision.model, now=now, route_reason=decision.route_reason
                 )
                 transition = complete_job(
-                    session, claim, _from_cache(decision.answer), now, webhook_hold_s=rt.webhook_hold_s
+                    session, claim, _from_cache(decision.answer), now, send_now=rt.send_now
                 )
             else:
                 claim = record_attempt(
@@ -143,7 +143,7 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
     delay = None
     with rt.db.transaction() as session:
         if outcome.result is not None:
-            transition = complete_job(session, claim, outcome.result, done, webhook_hold_s=rt.webhook_hold_s)
+            transition = complete_job(session, claim, outcome.result, done, send_now=rt.send_now)
             what = "completed"
         else:
             assert outcome.failure is not None
@@ -162,12 +162,10 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
                     next_model=step.model,
                 )
             elif step.kind == "degrade":
-                transition = complete_job(
-                    session, claim, _degraded(rt, outcome), done, webhook_hold_s=rt.webhook_hold_s
-                )
+                transition = complete_job(session, claim, _degraded(rt, outcome), done, send_now=rt.send_now)
             else:
                 transition = fail_attempt(
-                    session, claim, step.failure, done, retry_at=None, webhook_hold_s=rt.webhook_hold_s
+                    session, claim, step.failure, done, retry_at=None, send_now=rt.send_now
                 )
             what = step.kind
     if not transition.applied:
@@ -206,7 +204,7 @@ def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:
 def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
     """Not claimable: maybe its deadline passed while it waited; else a duplicate or ended job."""
     with rt.db.transaction() as session:
-        expired = expire_overdue(session, job_id, utcnow(), webhook_hold_s=rt.webhook_hold_s)
+        expired = expire_overdue(session, job_id, utcnow(), send_now=rt.send_now)
     if expired.applied:
         _announce(rt, expired)
         logger.info("job_deadline_passed", job_id=job_id)

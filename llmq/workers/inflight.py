@@ -51,9 +51,9 @@ class CallCapacity:
                 self._cond.wait()
             self._used += 1
 
-    def give(self) -> None:
+    def give(self, n: int = 1) -> None:
         with self._cond:
-            self._used -= 1
+            self._used -= n
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -25,15 +26,19 @@ import structlog
 import tenacity
 
 from llmq.models.db import Database
+from llmq.models.transitions import SendNow
+from llmq.models.webhook_events import EventToSend
 from llmq.settings import Settings, get_settings
+from llmq.workers.batch import BatchWriter
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
+from llmq.workers.deliveries import write_deliveries
 from llmq.workers.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
-from llmq.workers.webhook_sender import webhook_session
+from llmq.workers.webhook_sender import DeliveryOutcome, webhook_session
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -58,10 +63,16 @@ class WorkerRuntime:
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
         self._thread.start()
         self.webhook_session = self.run(_on_loop(webhook_session, settings.worker_max_in_flight))
-        # A worker that ends a job claims its webhook event for this long and sends it at once.
-        self.webhook_hold_s = settings.webhook_timeout_s + 30
+        # A worker that ends a job claims its webhook event for a while and sends it at once.
+        self.send_now = SendNow(hold_s=settings.webhook_timeout_s + 30)
         self.capacity = CallCapacity(settings.worker_max_in_flight)
         self.webhook_sends = CallCapacity(1 << 30)  # counts the POSTs not yet recorded
+        self.delivery_recorder: BatchWriter[tuple[EventToSend, DeliveryOutcome]] = BatchWriter(
+            "llmq-delivery-recorder",
+            retry_on_database_outage(partial(write_deliveries, self)),
+            on_written=self.webhook_sends.give,
+        )
+        self.delivery_recorder.start()
         self.finishers = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.worker_finishers, thread_name_prefix="llmq-finisher"
         )
@@ -109,6 +120,7 @@ class WorkerRuntime:
         self.cancel_listener.stop()
         self.progress.stop()
         self.finishers.shutdown(wait=True, cancel_futures=False)
+        self.delivery_recorder.stop()
         try:
             self.run(self.registry.aclose(), timeout=5)
             self.run(self.webhook_session.close(), timeout=5)

@@ -1,0 +1,82 @@
+"""Recording webhook attempts: the delivery row, the event's new state, and the next attempt.
+
+The LLM worker's first attempts are written in batches by the runtime's delivery recorder (one
+transaction for every POST that ended meanwhile); the webhooks queue records each retry at once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import sqlalchemy.event
+import structlog
+from sqlalchemy.orm import Session
+
+from llmq.models.base import utcnow
+from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
+from llmq.tasks.enqueue import enqueue_webhook
+from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
+
+if TYPE_CHECKING:
+    from llmq.workers.runtime import WorkerRuntime
+
+logger = structlog.get_logger(__name__)
+
+
+def record_attempt(rt: WorkerRuntime, event: EventToSend, outcome: DeliveryOutcome) -> str:
+    """Write what an attempt gave and schedule the next one, if any."""
+    with rt.db.transaction() as session:
+        return record_attempts(rt, session, [(event, outcome)])[0]
+
+
+def record_attempts(
+    rt: WorkerRuntime, session: Session, sent: list[tuple[EventToSend, DeliveryOutcome]]
+) -> list[str]:
+    """Write what several attempts gave in ``session`` and schedule the next ones; the retries
+    due soon are enqueued once the transaction commits."""
+    settings = rt.settings
+    now = utcnow()
+    records = []
+    for event, outcome in sent:
+        delay = None
+        if not outcome.success and not outcome.stop:
+            delay = next_delivery_delay(settings.webhook_retry_schedule, event.attempt, outcome.retry_after_s)
+        records.append(
+            DeliveryRecord(
+                event,
+                now,
+                status_code=outcome.status_code,
+                latency_ms=outcome.latency_ms,
+                error=outcome.error,
+                success=outcome.success,
+                next_attempt_at=None if delay is None else now + timedelta(seconds=delay),
+                stop=outcome.stop,
+            )
+        )
+    statuses = record_deliveries(session, records)
+
+    def after_commit() -> None:
+        for record, status in zip(records, statuses, strict=True):
+            delay = None
+            if record.next_attempt_at is not None:
+                delay = (record.next_attempt_at - now).total_seconds()
+            logger.info(
+                "webhook_attempt",
+                event_id=record.event.event_id,
+                attempt=record.event.attempt,
+                status_code=record.status_code,
+                outcome=status,
+                retry_in_s=delay,
+            )
+            if delay is not None and delay <= settings.max_countdown_s:
+                enqueue_webhook(record.event.event_id, countdown=delay)
+
+    sqlalchemy.event.listen(session, "after_commit", lambda _: after_commit(), once=True)
+    return statuses
+
+
+def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOutcome]]) -> None:
+    """The delivery recorder's write: one transaction for every attempt that ended meanwhile."""
+    with rt.db.transaction() as session:
+        record_attempts(rt, session, sent)
