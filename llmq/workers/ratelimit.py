@@ -65,12 +65,12 @@ One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once 
 - **Wake times by rank.** A refusal answers when the job's turn should come, so waiting jobs wake
   in line order: for rpm, the job at rank r needs the jobs ahead and itself to fit, that is
   ``count - rpm + 1 + r`` entries gone — it waits until the entry at index ``count - rpm + r`` of
-  the log leaves (a job more than ``rpm`` places back, whose turn depends on admissions not yet
+  the log leaves (a job ``rpm`` or more places back, whose turn depends on admissions not yet
   made, looks again a window later); for tpm, until enough tokens leave to cover its own tokens and
   those the jobs ahead want; for a full cap (a slot frees when some call ends, at no known time), a
-  short poll that grows with the rank (``SLOT_POLL_S + rank * SLOT_RANK_STEP_S``). A job that is
-  not first and is refused only for its turn waits at least ``TURN_WAIT_S``, never 0: no busy loop
-  while the head of the line is on its way.
+  short poll that grows with the rank (``SLOT_POLL_S + rank * SLOT_RANK_STEP_S``, at most
+  ``SLOT_WAIT_MAX_S``). A refused job that is not first in line waits at least ``TURN_WAIT_S``,
+  never a few µs: no busy loop while the head of the line is on its way.
 
 Every key has a TTL (the window, the longest lease, or the latest ``due`` of the line) renewed on
 writes, so the keys of an idle model vanish. A model with no ``rpm``/``tpm`` and no
