@@ -7,17 +7,31 @@
                                             ▼
              for each model of the chain, from the job's current one:
                  breaker open? ──▶ next model ... none left ──▶ Park("circuit_open")
-                 concurrency slot? rpm/tpm room? ──no──▶ Park("rate_limited")
+                 its turn in the model's line, and a slot, rpm and tpm room for it?
+                     ──no──▶ Park("rate_limited") until its turn should come
                  ──yes──▶ Go(model)
 
 Limits and breakers live in Redis (``ratelimit.py``, ``breaker.py``), so they hold across every
-worker process and host. A parked job gives its claim back and waits in the database: no worker
-slot is held while it waits.
+worker process and host. A parked job gives its claim back and waits (a Celery countdown, or the
+database for long waits): no worker slot is held while it waits.
+
+Waiting for capacity is first come, first served, per model: a job refused for lack of capacity
+joins the model's line in Redis (keyed by its job id, so it keeps its place however many times it
+is refused, and whichever worker claims it next) and is admitted only when every job ahead of it
+has room too — a new job cannot jump the line. The limiter answers when the job's turn should
+come, so waiting jobs wake in line order. Its place is kept ``max_countdown_s + 2 *
+sweep_interval_s`` beyond the wait it was given (:func:`line_grace_s`): long enough for a job
+parked in the database to be brought back by the sweeper, short enough that a cancelled or expired
+job stops holding the line soon after.
+
+A job admitted to a fallback because the models before it had their breaker open leaves those
+models' lines at once (it is served; its place there would only hold back the jobs behind it). A
+job that stops waiting any other way — cancelled, deadline passed, answered from the cache — is
+not in a position to say so: its place lapses after its grace.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +39,13 @@ import redis
 import structlog
 
 from llmq.models.transitions import ClaimedJob
+from llmq.settings import Settings
 from llmq.workers.cache import CachedAnswer
-from llmq.workers.ratelimit import estimate_tokens
+from llmq.workers.ratelimit import ModelLimits, estimate_tokens
 from llmq.workers.routing import choose_model, fallback_chain
 from llmq.workers.runtime import WorkerRuntime
 
 logger = structlog.get_logger(__name__)
-
-SLOT_WAIT_S = (0.2, 0.7)  # a full concurrency cap frees up when some call ends: look again soon
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,13 @@ def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
         return Park(delay_s=1.0, reason="rate_limited")
 
 
+def line_grace_s(settings: Settings) -> float:
+    """How long past the wait it was given a job keeps its place in a model's line: a wait longer
+    than ``max_countdown_s`` parks it in the database, and the sweeper, which runs every
+    ``sweep_interval_s``, enqueues it when due."""
+    return settings.max_countdown_s + 2 * settings.sweep_interval_s
+
+
 def _admit(
     rt: WorkerRuntime,
     claim: ClaimedJob,
@@ -104,25 +124,24 @@ def _admit(
     cache_key: str | None,
 ) -> Decision:
     waits: list[float] = []
+    passed_over: list[str] = []
+    tokens = estimate_tokens(claim.messages, claim.max_tokens)
     for model in candidates:
         breaker = rt.breakers.check(model)
         if not breaker.allowed:
             waits.append(breaker.retry_in_s)
+            passed_over.append(model)
             continue
-        limits = rt.limiter.limits(model)
         holder = None
-        if limits.concurrency is not None:
+        if rt.limiter.limits(model).concurrency is not None:
             holder = f"{claim.job_id}:{claim.lease_token}"
-            if not rt.limiter.acquire_slot(model, holder):
-                _abandon(rt, model, breaker.probe)
-                return Park(delay_s=random.uniform(*SLOT_WAIT_S), reason="rate_limited")
-        admission = rt.limiter.acquire(model, estimate_tokens(claim.messages, claim.max_tokens))
+        admission = rt.limiter.acquire(
+            model, tokens, holder=holder, job_id=claim.job_id, grace_s=line_grace_s(rt.settings)
+        )
         if not admission.allowed:
-            if holder is not None:
-                rt.limiter.release_slot(model, holder)
             _abandon(rt, model, breaker.probe)
-            # A little spread, so the jobs that wait for the same window do not all wake at once.
-            return Park(delay_s=admission.retry_in_s + random.uniform(0, 0.05), reason="rate_limited")
+            return Park(delay_s=admission.retry_in_s, reason="rate_limited")
+        _leave_lines(rt, claim.job_id, passed_over)
         return Go(
             model=model,
             route_reason=route_reason,
@@ -132,6 +151,18 @@ def _admit(
             cache_key=cache_key,
         )
     return Park(delay_s=max(0.1, min(waits)), reason="circuit_open")
+
+
+def _leave_lines(rt: WorkerRuntime, job_id: str, models: list[str]) -> None:
+    """The job is served by a fallback: out of the lines of the models it passed over, where it
+    may have been waiting before their breaker opened."""
+    for model in models:
+        if rt.limiter.limits(model) == ModelLimits():
+            continue  # an unlimited model has no line
+        try:
+            rt.limiter.leave_line(model, job_id)
+        except redis.RedisError as exc:  # admitted already: the place lapses after its grace
+            logger.warning("limits_leave_line_failed", model=model, error=type(exc).__name__)
 
 
 def _abandon(rt: WorkerRuntime, model: str, probe: bool) -> None:

@@ -1,5 +1,6 @@
 """Fleet-wide rate limits per provider/model, shared by every worker process and host through Redis:
-requests per window (``rpm``), tokens per window (``tpm``) and calls in flight (``concurrency``).
+requests per window (``rpm``), tokens per window (``tpm``) and calls in flight (``concurrency``),
+and the line of jobs waiting for them.
 
 Every check-and-change is one Lua script, so two workers can never both take the last unit of
 capacity, and every script reads the clock of the Redis server (``TIME``), never the client's, so
@@ -11,15 +12,11 @@ Requests and tokens — one sliding log, checked together::
     llmq:rl:<model>:tok    HASH  reservation id → tokens reserved (then the tokens actually used)
     llmq:rl:<model>:sum    STR   sum of :tok over the entries still in the window
 
-    acquire(model, tokens)  evict entries older than window_s (subtracting their tokens), then
-                            admit only if  len(log) < rpm  AND  sum + tokens <= tpm,
-                            else answer when enough entries will have left the window.
-
 The window is exact, not a pair of fixed buckets: an admission at time t is refused while ``rpm``
 admissions lie in (t - window_s, t], so no interval of ``window_s`` seconds ever holds more than
 ``rpm`` admissions, whichever workers made them. A refused :class:`Admission` carries
-``retry_in_s``, the exact moment the entry blocking it leaves the window (for rpm: the oldest
-entry that must go), so a waiting job can be parked until then instead of polling.
+``retry_in_s``, the exact moment the entry blocking it leaves the window, so a waiting job can be
+parked until then instead of polling.
 
 Tokens (TPM): a call reserves, before it is made, its estimated prompt tokens plus its
 ``max_tokens`` (or the default max tokens when the job gives none) — :func:`estimate_tokens`.
@@ -34,18 +31,50 @@ Calls in flight — a distributed semaphore with leases::
 
     llmq:rl:<model>:slots  ZSET  holder → lease expiry (µs, Redis clock)
 
-    acquire_slot(model, holder, lease_s)  evict expired holders, then take a slot if < concurrency
-    renew_slot(model, holders, lease_s)   push the expiry of live holders; report the lost ones
-    release_slot(model, holder)
+A worker renews its holders' leases while their calls run (:meth:`renew_slot`, every
+``lease_s / 3`` or so); one that dies stops renewing, and its slot is free again ``lease_s`` later
+at most. Renewing a lease that has already expired does not bring it back (that could exceed the
+cap): the holder is reported lost instead.
 
-A worker renews its holders' leases while their calls run (every ``lease_s / 3`` or so); one that
-dies stops renewing, and its slot is free again ``lease_s`` later at most. Renewing a lease that
-has already expired does not bring it back (that could exceed the cap): the holder is reported
-lost instead.
+The line — jobs waiting for a model are served in the order they first waited::
 
-Every key has a TTL (the window, or the longest lease) renewed on writes, so the keys of an idle
-model vanish. A model with no ``rpm``/``tpm`` (or no ``concurrency``) in the providers file is not
-limited on that axis and costs no Redis round trip.
+    llmq:rl:<model>:line   ZSET  job id → when it first joined (µs, Redis clock)
+    llmq:rl:<model>:due    ZSET  job id → when its place lapses unless it asks again (µs)
+    llmq:rl:<model>:want   HASH  job id → the tokens it will reserve (models with a tpm only)
+
+One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once — a slot (when a
+``holder`` is given and the model has a cap), a request and its tokens — and the line:
+
+- **Admission rule.** A job's *rank* is the number of jobs ahead of it in the line; a job not in the
+  line (a new arrival, or a caller without a ``job_id``) ranks after all of them. A job is admitted
+  only if it would still fit once every job ahead of it had been admitted: ``held + rank < cap``,
+  ``count + rank < rpm`` and ``used + (tokens wanted by the jobs ahead) + tokens <= tpm``. So a
+  waiting job may take the capacity nobody ahead of it needs (the line never leaves capacity
+  unused for long), but never the unit the job ahead is waiting for: a new arrival cannot jump the
+  line, and a job whose turn it is is not overtaken by one that woke earlier. With an empty line
+  this is the plain check, and the admission costs nothing more than it did without a line (no
+  extra round trip, no line write). An admitted job leaves the line in the same script.
+- **Joining and keeping a place.** A refused job with a ``job_id`` joins the line (``ZADD NX``: a
+  job that is refused again keeps its first place) and its ``due`` moves to now + its wait +
+  ``grace_s``. Every script first drops the entries past their ``due``: a job that was cancelled,
+  expired, answered from the cache or lost with its worker stops holding its place — and the unit
+  it would take — ``grace_s`` after it should have come back, so a dead entry can delay the line
+  but never stop it. The gate passes ``grace_s = max_countdown_s + 2 * sweep_interval_s``: a long
+  wait parks the job in the database and the sweeper (every ``sweep_interval_s``) enqueues it when
+  due, so a job that waits legitimately comes back well within its grace.
+- **Wake times by rank.** A refusal answers when the job's turn should come, so waiting jobs wake
+  in line order: for rpm, the job at rank r needs the jobs ahead and itself to fit, that is
+  ``count - rpm + 1 + r`` entries gone — it waits until the entry at index ``count - rpm + r`` of
+  the log leaves (a job ``rpm`` or more places back, whose turn depends on admissions not yet
+  made, looks again a window later); for tpm, until enough tokens leave to cover its own tokens and
+  those the jobs ahead want; for a full cap (a slot frees when some call ends, at no known time), a
+  short poll that grows with the rank (``SLOT_POLL_S + rank * SLOT_RANK_STEP_S``, at most
+  ``SLOT_WAIT_MAX_S``). A refused job that is not first in line waits at least ``TURN_WAIT_S``,
+  never a few µs: no busy loop while the head of the line is on its way.
+
+Every key has a TTL (the window, the longest lease, or the latest ``due`` of the line) renewed on
+writes, so the keys of an idle model vanish. A model with no ``rpm``/``tpm`` and no
+``concurrency`` in the providers file is not limited and costs no Redis round trip.
 
 What counts is the Redis clock at admission: the provider counts by its own clock when the request
 reaches it. Set limits a little under the account's (see ``providers.default.toml``).
@@ -56,7 +85,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -75,6 +104,15 @@ __all__ = [
 KEY_PREFIX = "llmq:rl"
 _US = 1_000_000
 _KEY_TTL_MARGIN_MS = 1000
+# Waiting in line (see the module's notes). A full cap frees up when some call ends: look again
+# soon, the first in line most often.
+SLOT_POLL_S = 0.2
+SLOT_RANK_STEP_S = 0.02
+SLOT_WAIT_MAX_S = 2.0
+# The least wait of a job refused only because it is not first in line.
+TURN_WAIT_S = 0.05
+# How long past its wait a job keeps its place when it does not ask again (callers pass theirs).
+LINE_GRACE_S = 20.0
 # A prompt's share of tokens per message beyond its text (role, separators), and of the reply's
 # priming, as OpenAI documents for its chat format; close enough for Anthropic.
 _TOKENS_PER_MESSAGE = 4
@@ -160,51 +198,130 @@ elseif used < 0 then
 end
 """
 
-# ARGV: window_us, rpm (0: none), tpm (0: none), tokens, member, key_ttl_ms
-# → {1, now_us, count, used} when admitted, {0, wait_us, count, used} when not.
-_ACQUIRE = (
+# The admission: slots, requests, tokens and the line, in one script.
+# KEYS: log, tok, sum, slots, line, due, want.
+# ARGV: 1 window_us, 2 rpm (0: none), 3 tpm (0: none), 4 tokens, 5 member, 6 key_ttl_ms,
+#       7 cap (0: no slot wanted), 8 holder, 9 lease_us,
+#       10 job id ('': do not join the line), 11 grace_us, 12 slot_poll_us, 13 slot_rank_step_us,
+#       14 slot_wait_max_us, 15 turn_wait_us
+# → {1, now_us, rank} when admitted, {0, wait_us, rank} when not (rank: jobs ahead in the line).
+_ADMIT = (
     _EVICT
     + """
 local window = tonumber(ARGV[1])
 local rpm = tonumber(ARGV[2])
 local tpm = tonumber(ARGV[3])
 local tokens = tonumber(ARGV[4])
+local cap = tonumber(ARGV[7])
+local holder = ARGV[8]
+local job = ARGV[10]
 if tpm > 0 and tokens > tpm then tokens = tpm end
-local wait = 0
-if rpm > 0 and count >= rpm then
-  -- (count - rpm + 1) entries must leave; the last of them is at rank count - rpm.
-  local entry = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
-  wait = tonumber(entry[2]) + window - now
+
+local held = 0
+local holds = false
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  held = redis.call('ZCARD', KEYS[4])
+  holds = redis.call('ZSCORE', KEYS[4], holder) ~= false
 end
-if tpm > 0 and used + tokens > tpm then
-  local excess = used + tokens - tpm
-  local freed = 0
-  local rank = 0
-  local found = false
-  while not found do
-    local batch = redis.call('ZRANGE', KEYS[1], rank, rank + 199, 'WITHSCORES')
-    if #batch == 0 then break end
-    for k = 1, #batch, 2 do
-      freed = freed + tonumber(redis.call('HGET', KEYS[2], batch[k]) or '0')
-      if freed >= excess then
-        local w = tonumber(batch[k + 1]) + window - now
-        if w > wait then wait = w end
-        found = true
-        break
-      end
-    end
-    rank = rank + 200
+
+-- The line: forget the jobs that did not come back in time, then find this job's rank.
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+if #lapsed > 0 then
+  for i = 1, #lapsed, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #lapsed) do chunk[#chunk + 1] = lapsed[j] end
+    redis.call('ZREM', KEYS[5], unpack(chunk))
+    redis.call('HDEL', KEYS[7], unpack(chunk))
   end
-  if not found and window > wait then wait = window end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 end
+local waiting = redis.call('ZCARD', KEYS[5])
+local rank = waiting
+if waiting > 0 and job ~= '' then
+  local r = redis.call('ZRANK', KEYS[5], job)
+  if r then rank = r end
+end
+
+-- Would the job still fit once every job ahead of it had taken its share? If not, when?
+local wait = 0
+if cap > 0 and not holds and held + rank >= cap then
+  wait = math.min(tonumber(ARGV[12]) + rank * tonumber(ARGV[13]), tonumber(ARGV[14]))
+end
+if rpm > 0 and count + rank >= rpm then
+  -- (count - rpm + 1 + rank) entries must leave; the last of them is at index count - rpm + rank.
+  local index = count - rpm + rank
+  local w = window
+  if index < count then
+    local entry = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
+    w = tonumber(entry[2]) + window - now
+  end
+  if w > wait then wait = w end
+end
+if tpm > 0 then
+  local excess = used + tokens - tpm
+  -- The tokens the jobs ahead want come first (summed only as far as the window could free).
+  local i = 0
+  while i < rank and excess <= used do
+    local ahead = redis.call('ZRANGE', KEYS[5], i, math.min(i + 199, rank - 1))
+    local values = redis.call('HMGET', KEYS[7], unpack(ahead))
+    for k = 1, #values do excess = excess + tonumber(values[k] or '0') end
+    i = i + 200
+  end
+  if excess > 0 then
+    local freed = 0
+    local from = 0
+    local found = false
+    while not found and excess <= used do
+      local batch = redis.call('ZRANGE', KEYS[1], from, from + 199, 'WITHSCORES')
+      if #batch == 0 then break end
+      for k = 1, #batch, 2 do
+        freed = freed + tonumber(redis.call('HGET', KEYS[2], batch[k]) or '0')
+        if freed >= excess then
+          local w = tonumber(batch[k + 1]) + window - now
+          if w > wait then wait = w end
+          found = true
+          break
+        end
+      end
+      from = from + 200
+    end
+    if not found and window > wait then wait = window end
+  end
+end
+
 if wait > 0 then
-  return {0, wait, count, used}
+  -- Refused. Not first in line: at least a short wait, never a busy loop.
+  local turn_wait = tonumber(ARGV[15])
+  if rank > 0 and wait < turn_wait then wait = turn_wait end
+  if job ~= '' then
+    redis.call('ZADD', KEYS[5], 'NX', now, job)
+    redis.call('ZADD', KEYS[6], now + wait + tonumber(ARGV[11]), job)
+    if tpm > 0 then redis.call('HSET', KEYS[7], job, tokens) end
+    local last = redis.call('ZRANGE', KEYS[6], -1, -1, 'WITHSCORES')
+    local ttl = math.ceil((tonumber(last[2]) - now) / 1000) + 1000
+    for k = 5, 7 do redis.call('PEXPIRE', KEYS[k], ttl) end
+  end
+  return {0, wait, rank}
 end
-redis.call('ZADD', KEYS[1], now, ARGV[5])
-redis.call('HSET', KEYS[2], ARGV[5], tokens)
-redis.call('INCRBY', KEYS[3], tokens)
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
-return {1, now, count + 1, used + tokens}
+
+if job ~= '' and waiting > 0 then
+  redis.call('ZREM', KEYS[5], job)
+  redis.call('ZREM', KEYS[6], job)
+  redis.call('HDEL', KEYS[7], job)
+end
+if cap > 0 then
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[9]), holder)
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[4], math.ceil((tonumber(last[2]) - now) / 1000) + 1000)
+end
+if rpm > 0 or tpm > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[5], tokens)
+  redis.call('INCRBY', KEYS[3], tokens)
+  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[6]) end
+end
+return {1, now, rank}
 """
 )
 
@@ -249,20 +366,6 @@ local function keep_key()
 end
 """
 
-# ARGV: cap, holder, lease_us → 1 taken (or already held: lease renewed), 0 refused.
-_ACQUIRE_SLOT = (
-    _SLOTS
-    + """
-local expiry = now + tonumber(ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], expiry, ARGV[2])
-  keep_key()
-  return 1
-end
-return 0
-"""
-)
-
 # ARGV: lease_us, holder... → the holders that no longer held a slot (lease expired or released).
 _RENEW_SLOTS = (
     _SLOTS
@@ -289,12 +392,20 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 )
 
-# KEYS: log, tok, sum, slots. ARGV: window_us → {count, used, in_flight}.
+# KEYS: line, due, want. ARGV: job id → 1 when the job was in the line, else 0.
+_LEAVE_LINE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+# KEYS: log, tok, sum, slots, due. ARGV: window_us → {count, used, in_flight, waiting}.
 _USAGE = (
     _EVICT
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-return {count, used, redis.call('ZCARD', KEYS[4])}
+local waiting = redis.call('ZCOUNT', KEYS[5], now + 1, '+inf')
+return {count, used, redis.call('ZCARD', KEYS[4]), waiting}
 """
 )
 
@@ -307,14 +418,17 @@ class Admission:
     """The answer of :meth:`RateLimiter.acquire`.
 
     ``allowed``: the call may go now; its request and tokens are counted under ``reservation``
-    (pass it to :meth:`RateLimiter.settle` after the call). ``retry_in_s``: when not allowed, the
-    seconds until enough entries leave the window for this call to fit (0 when allowed).
-    ``admitted_at``: the Redis clock (unix seconds) at admission, for logs and tests."""
+    (pass it to :meth:`RateLimiter.settle` after the call; None when the model has no rpm/tpm) and
+    its slot, when one was asked for, is held. ``retry_in_s``: when not allowed, the seconds until
+    the call's turn should come (0 when allowed). ``admitted_at``: the Redis clock (unix seconds)
+    at admission, for logs and tests. ``ahead``: how many jobs were ahead of it in the model's
+    line when it asked (0 when the line was empty)."""
 
     allowed: bool
     retry_in_s: float
     reservation: str | None
     admitted_at: float | None = None
+    ahead: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,12 +463,12 @@ class RateLimiter:
         self._prefix = prefix
         self._window_us = int(self.window_s * _US)
         self._key_ttl_ms = int(self.window_s * 1000) + _KEY_TTL_MARGIN_MS
-        self._acquire = client.register_script(_ACQUIRE)
+        self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
         self._cancel = client.register_script(_CANCEL)
-        self._acquire_slot = client.register_script(_ACQUIRE_SLOT)
         self._renew_slots = client.register_script(_RENEW_SLOTS)
         self._release_slot = client.register_script(_RELEASE_SLOT)
+        self._leave_line = client.register_script(_LEAVE_LINE)
         self._usage = client.register_script(_USAGE)
 
     # --- keys and limits ---
@@ -366,24 +480,58 @@ class RateLimiter:
     def _slots_key(self, model: str) -> str:
         return f"{self._prefix}:{model}:slots"
 
+    def _line_keys(self, model: str) -> list[str]:
+        base = f"{self._prefix}:{model}"
+        return [f"{base}:line", f"{base}:due", f"{base}:want"]
+
     def limits(self, model: str) -> ModelLimits:
         cfg = self._config.model(model)
         if cfg is None:
             return ModelLimits()
         return ModelLimits(rpm=cfg.rpm, tpm=cfg.tpm, concurrency=cfg.concurrency)
 
-    # --- requests and tokens ---
+    # --- admission ---
 
-    def acquire(self, model: str, tokens_estimate: int) -> Admission:
-        """Count one request of ``tokens_estimate`` tokens against ``model``'s rpm and tpm, if
-        both have room; else say when to try again. Unlimited models are always admitted, with no
-        reservation."""
+    def acquire(
+        self,
+        model: str,
+        tokens_estimate: int,
+        *,
+        holder: str | None = None,
+        job_id: str | None = None,
+        lease_s: float | None = None,
+        grace_s: float = LINE_GRACE_S,
+    ) -> Admission:
+        """Admit one call to ``model`` when every limit has room for it, all or nothing: a request
+        and ``tokens_estimate`` tokens against its rpm and tpm and, with a ``holder`` on a model
+        with a cap, a concurrency slot for ``holder`` (for ``lease_s``, default ``[limits]
+        lease_s``); else say when to try again.
+
+        Jobs already waiting in the model's line come first (see the module's notes). With a
+        ``job_id``, a refused call joins the line (or keeps its place in it) for ``grace_s``
+        beyond the wait it is given, and an admitted one leaves it; without, the call waits behind
+        the line but never joins it. Unlimited models are always admitted, with no reservation
+        and no Redis round trip."""
         limits = self.limits(model)
-        if limits.rpm is None and limits.tpm is None:
+        if holder is None:
+            limits = replace(limits, concurrency=None)
+        if limits.rpm is None and limits.tpm is None and limits.concurrency is None:
             return Admission(allowed=True, retry_in_s=0.0, reservation=None)
+        return self._run_admit(model, limits, tokens_estimate, holder, job_id, lease_s, grace_s)
+
+    def _run_admit(
+        self,
+        model: str,
+        limits: ModelLimits,
+        tokens_estimate: int,
+        holder: str | None,
+        job_id: str | None,
+        lease_s: float | None,
+        grace_s: float,
+    ) -> Admission:
         member = uuid.uuid4().hex
-        result = self._acquire(
-            keys=self._keys(model),
+        result = self._admit(
+            keys=[*self._keys(model), self._slots_key(model), *self._line_keys(model)],
             args=[
                 self._window_us,
                 limits.rpm or 0,
@@ -391,12 +539,28 @@ class RateLimiter:
                 max(0, int(tokens_estimate)),
                 member,
                 self._key_ttl_ms,
+                limits.concurrency or 0,
+                holder or "",
+                self._lease_us(lease_s),
+                job_id or "",
+                int(max(0.0, grace_s) * _US),
+                int(SLOT_POLL_S * _US),
+                int(SLOT_RANK_STEP_S * _US),
+                int(SLOT_WAIT_MAX_S * _US),
+                int(TURN_WAIT_S * _US),
             ],
         )
-        ok, value = int(result[0]), int(result[1])
-        if ok:
-            return Admission(True, 0.0, f"{model}#{member}", admitted_at=value / _US)
-        return Admission(False, value / _US, None)
+        ok, value, ahead = int(result[0]), int(result[1]), int(result[2])
+        if not ok:
+            return Admission(False, value / _US, None, ahead=ahead)
+        reservation = f"{model}#{member}" if limits.rpm is not None or limits.tpm is not None else None
+        return Admission(True, 0.0, reservation, admitted_at=value / _US, ahead=ahead)
+
+    def leave_line(self, model: str, job_id: str) -> bool:
+        """Take ``job_id`` out of ``model``'s line (it went elsewhere). True when it was in it."""
+        return bool(self._leave_line(keys=self._line_keys(model), args=[job_id]))
+
+    # --- requests and tokens ---
 
     def settle(self, reservation: str | None, actual_total_tokens: int) -> int:
         """Replace a reservation's tokens by what the call used (prompt + completion tokens, as
@@ -430,14 +594,16 @@ class RateLimiter:
 
     def acquire_slot(self, model: str, holder: str, lease_s: float | None = None) -> bool:
         """Take one of ``model``'s concurrency slots for ``holder`` (a job's lease token, say)
-        for ``lease_s`` (default ``[limits] lease_s``). True when taken — or already held by
-        ``holder``, whose lease is then renewed. Always True for a model with no cap."""
+        for ``lease_s`` (default ``[limits] lease_s``), counting no request or token. True when
+        taken — or already held by ``holder``, whose lease is then renewed. Always True for a
+        model with no cap. Behind the model's line, like any call without a job id."""
         cap = self.limits(model).concurrency
         if cap is None:
             return True
-        return bool(
-            self._acquire_slot(keys=[self._slots_key(model)], args=[cap, holder, self._lease_us(lease_s)])
+        admission = self._run_admit(
+            model, ModelLimits(concurrency=cap), 0, holder, None, lease_s, LINE_GRACE_S
         )
+        return admission.allowed
 
     def renew_slot(self, model: str, holders: Iterable[str], lease_s: float | None = None) -> list[str]:
         """Extend the leases of ``holders`` to ``lease_s`` from now. Returns the holders that had
@@ -461,13 +627,15 @@ class RateLimiter:
         """What ``model`` uses of its limits right now (for ``GET /v1/providers``)::
 
         {"window_s", "rpm_limit", "rpm_used", "tpm_limit", "tpm_used",
-         "concurrency_limit", "in_flight"}   (limits are None when not set)
+         "concurrency_limit", "in_flight", "waiting"}   (limits are None when not set)
+
+        ``waiting``: the jobs in the model's line (refused, and not yet past their grace).
         """
         limits = self.limits(model)
-        count, used, in_flight = (
+        count, used, in_flight, waiting = (
             int(v)
             for v in self._usage(
-                keys=[*self._keys(model), self._slots_key(model)],
+                keys=[*self._keys(model), self._slots_key(model), self._line_keys(model)[1]],
                 args=[self._window_us],
             )
         )
@@ -479,6 +647,7 @@ class RateLimiter:
             "tpm_used": used,
             "concurrency_limit": limits.concurrency,
             "in_flight": in_flight,
+            "waiting": waiting,
         }
 
 

@@ -1,12 +1,14 @@
 """Provider resilience across a fleet of four real worker processes sharing Redis: rate limits,
 concurrency caps, circuit breakers with fallbacks, context-window fallbacks, long waits that park
-the job, the response cache, automatic routing and degraded answers.
+the job, waiting for capacity in line order, the response cache, automatic routing and degraded
+answers.
 
 This module runs its own workers (and its own Redis database) with a providers file written for
 these tests, so that the session's worker, which has no limits, never takes these jobs."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +35,11 @@ from tests.integration.services import VENV_BIN, settings_env, start_process, st
 RUN = uuid.uuid4().hex[:6]
 M = {
     name: f"openai/{name}-{RUN}"
-    for name in ("limited", "capped", "primary", "backup", "small", "large", "parked", "cached", "down")
+    for name in "limited fifo capped primary backup small large parked cached down".split()
 }
 WINDOW_S = 5
 RPM = 40  # per WINDOW_S (the limiter adds its 1 s margin)
+FIFO_RPM = 6
 
 
 def _providers_file(path: Path) -> Path:
@@ -62,6 +65,9 @@ long_prompt_chars = 2000
 [models."{M["limited"]}"]
 rpm = {RPM}
 
+[models."{M["fifo"]}"]
+rpm = {FIFO_RPM}
+
 [models."{M["capped"]}"]
 concurrency = 5
 
@@ -86,8 +92,11 @@ def fleet_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
+    # Every rate-limit wait (at most the limiter's window, WINDOW_S + 1 s) rides a countdown on
+    # this fleet's broker. A wait parked in the database could be enqueued by the session worker's
+    # sweeper (it shares the database) onto that worker, which knows none of these limits.
     return settings.model_copy(
-        update={"redis_url": redis_url, "providers_file": providers, "max_countdown_s": 5.0}
+        update={"redis_url": redis_url, "providers_file": providers, "max_countdown_s": WINDOW_S + 3.0}
     )
 
 
@@ -193,6 +202,49 @@ def test_rpm_limit_holds_across_four_workers_and_the_provider_sees_no_429(
     window = [round(t - starts[at], 3) for t in starts[at : at + worst]]
     assert worst <= RPM, f"{worst} requests in a {WINDOW_S}s window, limit {RPM}: {window}"
     assert any(j["attempts"] == 1 for j in jobs)
+
+
+def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
+    fclient: FlaskClient,
+    auth: dict[str, str],
+    sim: SimulatorControl,
+    database: Database,
+    fleet_settings: Settings,
+) -> None:
+    model = M["fifo"]
+    rl = redis.Redis.from_url(fleet_settings.redis_url)
+    # Fill the window with admissions 0.4 s apart, so that its requests come back one at a time.
+    fill = []
+    for n in range(1, FIFO_RPM + 1):
+        fill += _submit(fclient, auth, 1, model=model)
+        wait_for(lambda n=n: rl.zcard(f"llmq:rl:{model}:log") == n, what=f"{n} admissions")
+        time.sleep(0.4)
+    # Then jobs that all have to wait, a little apart; the line, as Redis holds it, is the order
+    # in which they joined (their first refusal).
+    waiting = []
+    for _ in range(FIFO_RPM):
+        waiting += _submit(fclient, auth, 1, model=model)
+        time.sleep(0.1)
+
+    def full_line() -> list[str] | None:
+        ids = [m.decode() for m in rl.zrange(f"llmq:rl:{model}:line", 0, -1)]
+        return ids if len(ids) == FIFO_RPM else None
+
+    line = wait_for(full_line, what="every waiting job in the line")
+    rl.close()
+    assert set(line) == set(waiting)
+
+    jobs = _all_final(fclient, auth, fill + waiting, timeout=60)
+    assert {j["status"] for j in jobs} == {"completed"}
+    with database.session() as session:
+        started = {
+            a.job_id: a.started_at
+            for a in session.query(Attempt).filter(Attempt.job_id.in_(waiting), Attempt.outcome == "success")
+        }
+    assert sorted(waiting, key=started.__getitem__) == line, "a waiting job was overtaken"
+    records = httpx.get(f"{sim.url}/_sim/requests", params={"model": _bare(model)}).json()["data"]
+    assert len(records) == 2 * FIFO_RPM
+    assert not [r for r in records if r["status"] == 429]
 
 
 def test_concurrency_cap_is_never_exceeded(

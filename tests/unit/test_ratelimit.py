@@ -15,7 +15,13 @@ import pytest
 import redis
 
 from llmq.workers.pricing import LimitsConfig, ModelConfig, ProvidersConfig
-from llmq.workers.ratelimit import RateLimiter, estimate_input_tokens, estimate_tokens
+from llmq.workers.ratelimit import (
+    SLOT_POLL_S,
+    SLOT_WAIT_MAX_S,
+    RateLimiter,
+    estimate_input_tokens,
+    estimate_tokens,
+)
 
 REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL", "redis://127.0.0.1:6379/14")
 
@@ -345,3 +351,228 @@ def test_limiter_takes_its_window_and_lease_from_the_file() -> None:
     config = ProvidersConfig(limits=LimitsConfig(window_s=30, lease_s=12))
     rl = RateLimiter(redis.Redis.from_url(REDIS_URL), config)
     assert rl.window_s == 30.0 and rl.lease_s == 12.0
+
+
+# --- the line: waiting jobs are served in the order they first waited ----------------------------
+
+
+def _fill(rl: RateLimiter, model: str, n: int, tokens: int = 1) -> list[str]:
+    """n admissions without a job id; their reservations, to free the units at will (cancel)."""
+    reservations = []
+    for _ in range(n):
+        admission = rl.acquire(model, tokens)
+        assert admission.allowed and admission.reservation is not None
+        reservations.append(admission.reservation)
+    return reservations
+
+
+@pytest.mark.integration
+def test_waiting_jobs_take_freed_requests_in_the_order_they_joined(rdb: redis.Redis) -> None:
+    # A long window: units are freed by cancelling the entries that fill it, not by the clock.
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=3))
+    fill = _fill(rl, "sim/a", 3)
+    for job in ("j1", "j2", "j3"):
+        assert not rl.acquire("sim/a", 1, job_id=job).allowed
+    assert rl.usage("sim/a")["waiting"] == 3
+
+    rl.cancel(fill[0])  # one request free: it is j1's, whoever asks first
+    assert not rl.acquire("sim/a", 1, job_id="j3").allowed
+    assert not rl.acquire("sim/a", 1, job_id="j2").allowed
+    first = rl.acquire("sim/a", 1, job_id="j1")
+    assert first.allowed and first.ahead == 0
+    rl.cancel(fill[1])
+    assert not rl.acquire("sim/a", 1, job_id="j3").allowed
+    assert rl.acquire("sim/a", 1, job_id="j2").allowed
+    rl.cancel(fill[2])
+    assert rl.acquire("sim/a", 1, job_id="j3").allowed
+    assert rl.usage("sim/a")["waiting"] == 0
+
+
+@pytest.mark.integration
+def test_a_waiting_job_may_take_what_nobody_ahead_of_it_needs(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=3))
+    fill = _fill(rl, "sim/a", 3)
+    for job in ("j1", "j2", "j3"):
+        assert not rl.acquire("sim/a", 1, job_id=job).allowed
+    rl.cancel(fill[0])
+    rl.cancel(fill[1])  # two free: j1's and j2's, so j2 need not wait for j1 to wake
+    assert not rl.acquire("sim/a", 1, job_id="j3").allowed
+    assert rl.acquire("sim/a", 1, job_id="j2").allowed
+    assert rl.acquire("sim/a", 1, job_id="j1").allowed
+    assert rl.usage("sim/a")["rpm_used"] == 3
+
+
+@pytest.mark.integration
+def test_a_new_arrival_cannot_jump_the_line(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1), b=ModelConfig(concurrency=1))
+    (only,) = _fill(rl, "sim/a", 1)
+    waiting = rl.acquire("sim/a", 1, job_id="waiting")
+    assert not waiting.allowed and waiting.ahead == 0
+    rl.cancel(only)
+    newcomer = rl.acquire("sim/a", 1, job_id="newcomer")
+    assert not newcomer.allowed and newcomer.ahead == 1
+    assert not rl.acquire("sim/a", 1).allowed  # nor a call without a job id (which never joins)
+    assert rl.acquire("sim/a", 1, job_id="waiting").allowed
+
+    # The same for a concurrency slot.
+    assert rl.acquire("sim/b", 0, holder="h0", job_id="running").allowed
+    assert not rl.acquire("sim/b", 0, holder="h1", job_id="waiting").allowed
+    assert rl.release_slot("sim/b", "h0")
+    assert not rl.acquire("sim/b", 0, holder="h2", job_id="newcomer").allowed
+    assert not rl.acquire_slot("sim/b", "h3")
+    assert rl.acquire("sim/b", 0, holder="h1", job_id="waiting").allowed
+    assert rl.usage("sim/b")["in_flight"] == 1
+
+
+@pytest.mark.integration
+def test_the_tokens_the_jobs_ahead_want_are_kept_for_them(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(tpm=100))
+    (full,) = _fill(rl, "sim/a", 1, tokens=100)
+    assert not rl.acquire("sim/a", 60, job_id="big").allowed
+    assert not rl.acquire("sim/a", 30, job_id="small").allowed
+    rl.cancel(full)
+    assert rl.acquire("sim/a", 30, job_id="small").allowed  # 60 (big's) + 30 fit in 100
+    assert not rl.acquire("sim/a", 20, job_id="late").allowed  # 30 used + 60 for big + 20 > 100
+    assert rl.acquire("sim/a", 60, job_id="big").allowed
+    assert rl.usage("sim/a")["tpm_used"] == 90
+
+
+@pytest.mark.integration
+def test_a_job_refused_again_keeps_its_place(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1))
+    (only,) = _fill(rl, "sim/a", 1)
+    assert rl.acquire("sim/a", 1, job_id="j1").ahead == 0
+    assert rl.acquire("sim/a", 1, job_id="j2").ahead == 1
+    for _ in range(3):  # re-parked, and re-parked again: still where it first stood
+        assert rl.acquire("sim/a", 1, job_id="j2").ahead == 1
+        assert rl.acquire("sim/a", 1, job_id="j1").ahead == 0
+    rl.cancel(only)
+    assert not rl.acquire("sim/a", 1, job_id="j2").allowed
+    assert rl.acquire("sim/a", 1, job_id="j1").allowed
+
+
+@pytest.mark.integration
+def test_admission_takes_the_job_out_of_the_line(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1, tpm=100))
+    (only,) = _fill(rl, "sim/a", 1)
+    assert not rl.acquire("sim/a", 10, job_id="j1").allowed
+    assert rdb.zcard("llmq:rl:sim/a:line") == 1 and rdb.hlen("llmq:rl:sim/a:want") == 1
+    rl.cancel(only)
+    assert rl.acquire("sim/a", 10, job_id="j1").allowed
+    assert not rdb.exists("llmq:rl:sim/a:line", "llmq:rl:sim/a:due", "llmq:rl:sim/a:want")
+    assert rl.usage("sim/a")["waiting"] == 0
+
+
+@pytest.mark.integration
+def test_a_job_that_went_elsewhere_leaves_the_line(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1))
+    (only,) = _fill(rl, "sim/a", 1)
+    assert not rl.acquire("sim/a", 1, job_id="moved").allowed
+    assert rl.acquire("sim/a", 1, job_id="next").ahead == 1
+    assert rl.leave_line("sim/a", "moved")
+    assert not rl.leave_line("sim/a", "moved")
+    rl.cancel(only)
+    assert rl.acquire("sim/a", 1, job_id="next").allowed
+
+
+@pytest.mark.integration
+def test_wake_times_follow_the_line(rdb: redis.Redis) -> None:
+    window = 5.0
+    rl = limiter(rdb, window, a=ModelConfig(rpm=3), b=ModelConfig(concurrency=1))
+    times = []
+    for _ in range(3):
+        admission = rl.acquire("sim/a", 1)
+        assert admission.allowed and admission.admitted_at is not None
+        times.append(admission.admitted_at)
+        time.sleep(0.02)
+    waits = []
+    for rank in range(5):
+        before = server_time(rdb)
+        refused = rl.acquire("sim/a", 1, job_id=f"j{rank}")
+        after = server_time(rdb)
+        assert not refused.allowed and refused.ahead == rank
+        if rank < 3:  # the job at rank r waits for the r-th entry of the window to leave
+            assert times[rank] + window - after <= refused.retry_in_s <= times[rank] + window - before
+        else:  # its turn hangs on admissions not made yet: it looks again a window later
+            assert refused.retry_in_s == window
+        waits.append(refused.retry_in_s)
+    assert waits == sorted(waits) and len(set(waits[:4])) == 4
+
+    # Slots free at no known time: a short poll, longer the further back in the line.
+    assert rl.acquire("sim/b", 0, holder="running").allowed
+    slot_waits = [rl.acquire("sim/b", 0, holder=f"h{i}", job_id=f"s{i}").retry_in_s for i in range(4)]
+    assert slot_waits == sorted(slot_waits) and len(set(slot_waits)) == 4
+    assert slot_waits[0] == SLOT_POLL_S and slot_waits[-1] <= SLOT_WAIT_MAX_S
+
+
+@pytest.mark.integration
+def test_a_dead_job_at_the_head_lapses_and_the_line_moves_on(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 30.0, a=ModelConfig(concurrency=1))
+    assert rl.acquire("sim/a", 0, holder="running").allowed
+    dead = rl.acquire("sim/a", 0, holder="h-dead", job_id="dead", grace_s=0.3)
+    assert not dead.allowed  # ... and it never comes back (cancelled, say)
+    alive = rl.acquire("sim/a", 0, holder="h-alive", job_id="alive", grace_s=0.3)
+    assert not alive.allowed and alive.ahead == 1
+    assert rl.release_slot("sim/a", "running")
+    assert not rl.acquire("sim/a", 0, holder="h-alive", job_id="alive", grace_s=0.3).allowed
+    # The dead job's place lapses its grace after the wait it was given.
+    time.sleep(dead.retry_in_s + 0.3 + 0.1)
+    admitted = rl.acquire("sim/a", 0, holder="h-alive", job_id="alive", grace_s=0.3)
+    assert admitted.allowed and admitted.ahead == 0
+    assert rl.usage("sim/a")["waiting"] == 0
+
+
+@pytest.mark.integration
+def test_line_keys_expire_with_the_last_waiting_job(rdb: redis.Redis) -> None:
+    rl = limiter(rdb, 0.5, a=ModelConfig(rpm=1, tpm=50))
+    rl.acquire("sim/a", 5)
+    refused = rl.acquire("sim/a", 5, job_id="j1", grace_s=1.0)
+    assert not refused.allowed
+    for key in ("llmq:rl:sim/a:line", "llmq:rl:sim/a:due", "llmq:rl:sim/a:want"):
+        assert 0 < rdb.pttl(key) <= (refused.retry_in_s + 1.0) * 1000 + 1001
+
+
+@pytest.mark.integration
+def test_jobs_waiting_in_line_never_overshoot_any_limit(rdb: redis.Redis) -> None:
+    window, rpm, tpm, cap = 1.0, 20, 300, 3
+    rl = limiter(rdb, window, a=ModelConfig(rpm=rpm, tpm=tpm, concurrency=cap))
+    admitted: list[tuple[float, int]] = []
+    holding = most = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + 3.5
+
+    def job_stream(seed: int) -> None:
+        nonlocal holding, most
+        n = seed
+        while time.monotonic() < stop:
+            job, holder = uuid.uuid4().hex, uuid.uuid4().hex
+            n = (n * 1103515245 + 12345) % 2**31
+            tokens = 1 + n % 30
+            while time.monotonic() < stop:
+                admission = rl.acquire("sim/a", tokens, holder=holder, job_id=job, grace_s=0.5)
+                if admission.allowed:
+                    break
+                time.sleep(admission.retry_in_s)
+            else:
+                return
+            assert admission.admitted_at is not None
+            with lock:
+                admitted.append((admission.admitted_at, tokens))
+                holding += 1
+                most = max(most, holding)
+            time.sleep(0.01)
+            with lock:
+                holding -= 1
+            assert rl.release_slot("sim/a", holder)
+
+    threads = [threading.Thread(target=job_stream, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times = [t for t, _ in admitted]
+    assert max_in_any_window(times, window) <= rpm
+    assert max_in_any_window(times, window, [n for _, n in admitted]) <= tpm
+    assert most <= cap
+    # The line kept moving: about three windows' worth of requests got through.
+    assert len(admitted) >= 2 * rpm
