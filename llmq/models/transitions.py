@@ -11,6 +11,7 @@ enqueues their delivery after the commit. A worker that sends the first attempt 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, Table, func, insert, select, update
+from sqlalchemy import CursorResult, Executable, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,42 @@ _UNSET_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs}
 # What job_public and the webhook event need: not the prompt, not the idempotency fields.
 _NOT_PUBLIC = {"messages", "request_fingerprint", "idempotency_key", "partial_text", "lease_token"}
 PUBLIC_JOB_COLUMNS = [column for column in JOB_COLUMNS if column.key not in _NOT_PUBLIC]
+
+# Hot-path statements are built once and run with parameters: building a statement and its cache
+# key costs more CPU than running it.
+INSERT_JOB = insert(JOBS)
+INSERT_ATTEMPT = insert(ATTEMPTS)
+INSERT_EVENT = insert(EVENTS)
+
+
+@functools.cache
+def _update_held_job(keys: tuple[str, ...], returning: bool) -> Any:
+    """``UPDATE jobs SET <keys> WHERE id, status processing and lease token match``, with the
+    new values as parameters ``v_<key>`` (and ``w_id``, ``w_token``)."""
+    statement = (
+        update(JOBS)
+        .where(
+            JOBS.c.id == bindparam("w_id"),
+            JOBS.c.status == JobStatus.PROCESSING.value,
+            JOBS.c.lease_token == bindparam("w_token"),
+        )
+        .values({key: bindparam(f"v_{key}", type_=JOBS.c[key].type) for key in keys})
+    )
+    return statement.returning(*PUBLIC_JOB_COLUMNS) if returning else statement
+
+
+@functools.cache
+def _update_attempt(keys: tuple[str, ...]) -> Any:
+    return (
+        update(ATTEMPTS)
+        .where(ATTEMPTS.c.job_id == bindparam("w_job_id"), ATTEMPTS.c.number == bindparam("w_number"))
+        .values({key: bindparam(f"v_{key}", type_=ATTEMPTS.c[key].type) for key in keys})
+    )
+
+
+def _held_params(claim: ClaimedJob, values: dict[str, Any]) -> dict[str, Any]:
+    return {"w_id": claim.job_id, "w_token": claim.lease_token, **{f"v_{k}": v for k, v in values.items()}}
+
 
 EVENT_TYPES = {
     JobStatus.COMPLETED: "job.completed",
@@ -207,7 +244,7 @@ def create_job(
         )
         if idempotency_key is None:  # the common case: one INSERT, no unit of work
             columns = {Job.__mapper__.column_attrs[key].columns[0].name: v for key, v in values.items()}
-            session.execute(insert(JOBS).values(**columns))
+            session.execute(INSERT_JOB, columns)
             return SimpleNamespace(**{**_UNSET_JOB, **values}), True
         job = Job(**values)
         try:
@@ -241,6 +278,47 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
 # --- worker side ----------------------------------------------------------------------------------
 
 
+# queued → processing, if due and before its deadline (see claim_job)
+CLAIM_JOB = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("w_id"),
+        JOBS.c.status == JobStatus.QUEUED.value,
+        (JOBS.c.next_attempt_at.is_(None))
+        | (JOBS.c.next_attempt_at <= bindparam("w_due_by", type_=JOBS.c.next_attempt_at.type)),
+        (JOBS.c.deadline_at.is_(None))
+        | (JOBS.c.deadline_at > bindparam("w_now", type_=JOBS.c.deadline_at.type)),
+    )
+    .values(
+        status=JobStatus.PROCESSING.value,
+        attempts=JOBS.c.attempts + 1,
+        model_attempts=JOBS.c.model_attempts + 1,
+        lease_token=bindparam("v_token", type_=JOBS.c.lease_token.type),
+        lease_expires_at=bindparam("v_lease_until", type_=JOBS.c.lease_expires_at.type),
+        next_attempt_at=None,
+        wait_reason=None,
+        started_at=func.coalesce(JOBS.c.started_at, bindparam("v_now", type_=JOBS.c.started_at.type)),
+        updated_at=bindparam("v_now", type_=JOBS.c.updated_at.type),
+    )
+    .returning(
+        JOBS.c.tenant_id,
+        JOBS.c.attempts,
+        JOBS.c.max_attempts,
+        JOBS.c.model,
+        JOBS.c.current_model,
+        JOBS.c.model_attempts,
+        JOBS.c.messages,
+        JOBS.c.max_tokens,
+        JOBS.c.temperature,
+        JOBS.c.user.label("end_user"),
+        JOBS.c.deadline_at,
+        JOBS.c.fallbacks,
+        JOBS.c.use_cache,
+        JOBS.c.degraded_ok,
+    )
+)
+
+
 def claim_job(
     session: Session,
     job_id: str,
@@ -256,42 +334,16 @@ def claim_job(
 
     The attempt is counted here; the caller then either records it with :func:`record_attempt`
     (the call goes ahead, in the same transaction) or takes it back with :func:`park_job`."""
-    due_by = now + timedelta(seconds=early_s)
     row = session.execute(
-        update(JOBS)
-        .where(
-            JOBS.c.id == job_id,
-            JOBS.c.status == JobStatus.QUEUED.value,
-            (JOBS.c.next_attempt_at.is_(None)) | (JOBS.c.next_attempt_at <= due_by),
-            (JOBS.c.deadline_at.is_(None)) | (JOBS.c.deadline_at > now),
-        )
-        .values(
-            status=JobStatus.PROCESSING.value,
-            attempts=JOBS.c.attempts + 1,
-            model_attempts=JOBS.c.model_attempts + 1,
-            lease_token=lease_token,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            next_attempt_at=None,
-            wait_reason=None,
-            started_at=func.coalesce(JOBS.c.started_at, now),
-            updated_at=now,
-        )
-        .returning(
-            JOBS.c.tenant_id,
-            JOBS.c.attempts,
-            JOBS.c.max_attempts,
-            JOBS.c.model,
-            JOBS.c.current_model,
-            JOBS.c.model_attempts,
-            JOBS.c.messages,
-            JOBS.c.max_tokens,
-            JOBS.c.temperature,
-            JOBS.c.user.label("end_user"),
-            JOBS.c.deadline_at,
-            JOBS.c.fallbacks,
-            JOBS.c.use_cache,
-            JOBS.c.degraded_ok,
-        )
+        CLAIM_JOB,
+        {
+            "w_id": job_id,
+            "w_due_by": now + timedelta(seconds=early_s),
+            "w_now": now,
+            "v_token": lease_token,
+            "v_lease_until": now + timedelta(seconds=lease_s),
+            "v_now": now,
+        },
     ).first()
     if row is None:
         return None
@@ -336,16 +388,17 @@ def record_attempt(
             values["route_reason"] = route_reason
         session.execute(update(Job).where(Job.id == claim.job_id).values(**values))
     session.execute(
-        insert(ATTEMPTS).values(
-            job_id=claim.job_id,
-            number=claim.attempt_number,
-            provider=model.split("/", 1)[0],
-            model=model,
-            worker=claim.worker,
-            started_at=now,
-            outcome=outcome.value,
-            ended_at=None if outcome is AttemptOutcome.RUNNING else now,
-        )
+        INSERT_ATTEMPT,
+        {
+            "job_id": claim.job_id,
+            "number": claim.attempt_number,
+            "provider": model.split("/", 1)[0],
+            "model": model,
+            "worker": claim.worker,
+            "started_at": now,
+            "outcome": outcome.value,
+            "ended_at": None if outcome is AttemptOutcome.RUNNING else now,
+        },
     )
     model_attempts = 1 if model != claim.model else claim.model_attempts
     return replace(claim, model=model, current_model=model, model_attempts=model_attempts)
@@ -399,11 +452,9 @@ class CallFailure:
 
 
 def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> None:
-    session.execute(
-        update(ATTEMPTS)
-        .where(ATTEMPTS.c.job_id == claim.job_id, ATTEMPTS.c.number == claim.attempt_number)
-        .values(ended_at=now, **values)
-    )
+    values["ended_at"] = now
+    params = {"w_job_id": claim.job_id, "w_number": claim.attempt_number}
+    session.execute(_update_attempt(tuple(values)), params | {f"v_{k}": v for k, v in values.items()})
 
 
 def _holds_lease(claim: ClaimedJob) -> Any:
@@ -423,31 +474,27 @@ def complete_job(
     send_now: SendNow | None = None,
 ) -> TransitionResult:
     """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    job = session.execute(
-        update(JOBS)
-        .where(_holds_lease(claim))
-        .values(
-            status=JobStatus.COMPLETED.value,
-            result_text=result.text,
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-            cost_usd=result.cost_usd,
-            served_by=result.served_by,
-            cached=result.cached,
-            degraded=result.degraded,
-            progress=1.0,
-            partial_text=None,
-            error_type=None,
-            error_message=None,
-            lease_token=None,
-            lease_expires_at=None,
-            completed_at=now,
-            updated_at=now,
-        )
-        .returning(*PUBLIC_JOB_COLUMNS)
-    ).first()
+    values = {
+        "status": JobStatus.COMPLETED.value,
+        "result_text": result.text,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "cost_usd": result.cost_usd,
+        "served_by": result.served_by,
+        "cached": result.cached,
+        "degraded": result.degraded,
+        "progress": 1.0,
+        "partial_text": None,
+        "error_type": None,
+        "error_message": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "completed_at": now,
+        "updated_at": now,
+    }
+    job = session.execute(_update_held_job(tuple(values), True), _held_params(claim, values)).first()
     applied = job is not None
     _finish_attempt(
         session,
@@ -678,19 +725,20 @@ def _ended(
             separators=(",", ":"),
         )
         session.execute(
-            insert(EVENTS).values(
-                id=event_id,
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                type=EVENT_TYPES[status],
-                url=job.webhook_url,
-                payload=payload,
-                status=WebhookEventStatus.PENDING.value,
-                attempts=0 if send_now is None else 1,
-                next_attempt_at=now if send_now is None else now + timedelta(seconds=send_now.hold_s),
-                created_at=now,
-                updated_at=now,
-            )
+            INSERT_EVENT,
+            {
+                "id": event_id,
+                "job_id": job.id,
+                "tenant_id": job.tenant_id,
+                "type": EVENT_TYPES[status],
+                "url": job.webhook_url,
+                "payload": payload,
+                "status": WebhookEventStatus.PENDING.value,
+                "attempts": 0 if send_now is None else 1,
+                "next_attempt_at": now if send_now is None else now + timedelta(seconds=send_now.hold_s),
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         event_ids.append(event_id)
         if send_now is not None:

@@ -2,8 +2,9 @@
 
 A streaming call reports its text so far on every chunk; writing each one would cost a database
 round trip per token. Reports are kept in memory instead and written every ``interval_s`` in one
-batched UPDATE per flush, each guarded by the job's lease so that nothing is written to a job that
-ended, was cancelled or was taken over in between.
+UPDATE per flush (on Postgres a single ``UPDATE … FROM (VALUES …)`` for every job in flight),
+each row guarded by the job's lease so that nothing is written to a job that ended, was
+cancelled or was taken over in between.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import structlog
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Float, String, Table, Text, bindparam, column, update, values
 
 from llmq.models.db import Database
 from llmq.models.state import JobStatus
@@ -43,8 +44,8 @@ class ProgressWriter(threading.Thread):
     def report(self, job_id: str, lease_token: str, text: str, tokens: int, max_tokens: int) -> None:
         """Cheap, called from the event loop on every streamed chunk."""
         progress = min(0.99, tokens / max_tokens) if max_tokens > 0 else 0.0
-        with self._lock:
-            self._pending[job_id] = _Report(lease_token, text[-MAX_PARTIAL_CHARS:], progress)
+        with self._lock:  # the text is kept as is (no copy); it is cut at the flush
+            self._pending[job_id] = _Report(lease_token, text, progress)
 
     def forget(self, job_id: str) -> None:
         with self._lock:
@@ -63,6 +64,28 @@ class ProgressWriter(threading.Thread):
         if not batch:
             return 0
         table = cast(Table, Job.__table__)
+        rows = [
+            (job_id, r.lease_token, r.progress, r.text[-MAX_PARTIAL_CHARS:]) for job_id, r in batch.items()
+        ]
+        if self.db.engine.dialect.name == "postgresql":
+            reports = values(
+                column("job_id", String),
+                column("token", String),
+                column("new_progress", Float),
+                column("new_text", Text),
+                name="reports",
+            ).data(rows)
+            with self.db.transaction() as session:
+                session.execute(
+                    update(table)
+                    .where(
+                        table.c.id == reports.c.job_id,
+                        table.c.status == JobStatus.PROCESSING.value,
+                        table.c.lease_token == reports.c.token,
+                    )
+                    .values(progress=reports.c.new_progress, partial_text=reports.c.new_text)
+                )
+            return len(rows)
         statement = (
             update(table)
             .where(
@@ -72,12 +95,14 @@ class ProgressWriter(threading.Thread):
             )
             .values(progress=bindparam("new_progress"), partial_text=bindparam("new_text"))
         )
-        rows = [
-            {"job_id": job_id, "token": r.lease_token, "new_progress": r.progress, "new_text": r.text}
-            for job_id, r in batch.items()
-        ]
         with self.db.transaction() as session:
-            session.connection().execute(statement, rows)
+            session.connection().execute(
+                statement,
+                [
+                    dict(zip(("job_id", "token", "new_progress", "new_text"), row, strict=True))
+                    for row in rows
+                ],
+            )
         return len(rows)
 
     def stop(self) -> None:

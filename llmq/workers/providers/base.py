@@ -12,7 +12,7 @@ call is a plain request/response. Both give the same :class:`ProviderResponse`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -26,6 +26,7 @@ __all__ = [
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
+    "sse_data",
     "with_deadline",
 ]
 
@@ -74,6 +75,21 @@ class Provider(Protocol):
     ) -> ProviderResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event in ``lines`` (multi-line data joined by newlines;
+    comments, ``event:`` and ``id:`` fields skipped)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield "\n".join(data)
 
 
 async def with_deadline(call: Awaitable[T], timeout_s: float, *, provider: str) -> T:

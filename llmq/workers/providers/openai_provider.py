@@ -12,7 +12,10 @@ Note that the SDK (3.x) is built on ``httpx2``: an injected ``http_client`` must
 
 from __future__ import annotations
 
+import json
 import re
+import ssl
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -25,6 +28,7 @@ from llmq.workers.providers.base import (
     ProviderResponse,
     SdkProvider,
     aiohttp_http_client,
+    sse_data,
 )
 from llmq.workers.providers.errors import (
     InvalidRequestError,
@@ -41,12 +45,7 @@ from llmq.workers.providers.errors import (
 )
 
 if TYPE_CHECKING:
-    from openai import AsyncStream
-    from openai.types.chat import (
-        ChatCompletion,
-        ChatCompletionChunk,
-        ChatCompletionMessageParam,
-    )
+    from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 __all__ = ["OpenAIProvider"]
 
@@ -117,18 +116,18 @@ class OpenAIProvider(SdkProvider):
                 raise self._map_error(exc, request) from exc
             return self._from_completion(completion)
 
+        # The SDK makes the request and raises its typed errors for an error status; the event
+        # stream itself is read as plain JSON lines (``_consume``): a model object per token would
+        # cost more CPU than the rest of the job.
+        streaming = False
         try:
-            stream = await self._client.chat.completions.create(
+            async with self._client.chat.completions.with_streaming_response.create(
                 **common, stream=True, stream_options={"include_usage": True}
-            )
-        except openai.OpenAIError as exc:
-            raise self._map_error(exc, request) from exc
-        try:
-            return await self._consume(stream, on_progress)
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._map_error(exc, request, streaming=True) from exc
-        finally:
-            await stream.close()
+            ) as response:
+                streaming = True
+                return await self._consume(response.iter_lines(), response.http_request, on_progress)
+        except (openai.OpenAIError, httpx2.HTTPError, ssl.SSLError) as exc:
+            raise self._map_error(exc, request, streaming=streaming) from exc
 
     def _from_completion(self, completion: ChatCompletion) -> ProviderResponse:
         if not completion.choices:
@@ -148,7 +147,7 @@ class OpenAIProvider(SdkProvider):
         )
 
     async def _consume(
-        self, stream: AsyncStream[ChatCompletionChunk], on_progress: ProgressCallback
+        self, lines: AsyncIterator[str], http_request: httpx2.Request, on_progress: ProgressCallback
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -156,23 +155,37 @@ class OpenAIProvider(SdkProvider):
         model: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
-        async for chunk in stream:
-            model = chunk.model or model
-            if chunk.usage is not None:
-                prompt_tokens = chunk.usage.prompt_tokens
-                completion_tokens = chunk.usage.completion_tokens
-            for choice in chunk.choices:
-                if choice.index != 0:
+        async for data in sse_data(lines):
+            if data.startswith("[DONE]"):
+                continue  # read on to the end of the body, so the connection can be reused
+            chunk = json.loads(data)
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):  # an error object inside a 200 stream, as the SDK reads it
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else None
+                raise openai.APIError(
+                    message if isinstance(message, str) and message else "An error occurred during streaming",
+                    request=http_request,
+                    body=error,
+                )
+            model = chunk.get("model") or model
+            usage = chunk.get("usage")
+            if usage:
+                prompt_tokens = usage.get("prompt_tokens")
+                completion_tokens = usage.get("completion_tokens")
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
                     continue
-                content = choice.delta.content if choice.delta else None
+                content = (choice.get("delta") or {}).get("content")
                 if content:
                     # ``+=`` on a str with one reference is resized in place by CPython, so the
                     # running text costs linear time, not quadratic.
                     text += content
                     pieces += 1
                     on_progress(text, pieces)
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
         if finish is None:
             raise ProviderStreamError(
                 f"{self.name}: the stream ended before a finish_reason ({pieces} pieces received)"
