@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = 20
 
     # --- workers and queue ---------------------------------------------------------------------
-    # Celery pool threads of an LLM worker. They only claim jobs and start calls (milliseconds
-    # each): a call in flight holds no thread, so a few threads serve a thousand calls.
+    # Celery pool threads of an LLM worker run with `-P threads` (the default pool is solo: a task
+    # only claims its job and starts the call, and a call in flight holds no thread).
     worker_concurrency: int = 16
     # Provider calls one worker process keeps in flight at most; a full process stops taking jobs.
     worker_max_in_flight: int = 1500

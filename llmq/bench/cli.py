@@ -41,9 +41,9 @@ def _interrupt(signum: int, _frame: Any) -> None:
 @click.option(
     "--pool",
     "-P",
-    default="threads",
+    default="solo",
     show_default=True,
-    help="Celery pool of the LLM workers (threads, prefork, solo, gevent, ...).",
+    help="Celery pool of the LLM workers (solo, threads, prefork, gevent, ...).",
 )
 @click.option("--api-workers", type=int, default=2, show_default=True, help="gunicorn workers of the API.")
 @click.option("--webhook-concurrency", type=int, default=None, help="Webhook worker threads (default 20).")
