@@ -2,7 +2,7 @@
 
 A streaming call reports its text so far on every chunk; writing each one would cost a database
 round trip per token. Reports are kept in memory instead and written every ``interval_s`` in one
-UPDATE per flush (on Postgres a single ``UPDATE … FROM (VALUES …)`` for every job in flight),
+UPDATE per flush (on Postgres a single ``UPDATE … FROM unnest(arrays)`` for every job in flight),
 each row guarded by the job's lease so that nothing is written to a job that ended, was
 cancelled or was taken over in between.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import structlog
-from sqlalchemy import Float, String, Table, Text, bindparam, column, update, values
+from sqlalchemy import Table, bindparam, text, update
 
 from llmq.models.db import Database
 from llmq.models.state import JobStatus
@@ -23,6 +23,16 @@ from llmq.models.tables import Job
 logger = structlog.get_logger(__name__)
 
 MAX_PARTIAL_CHARS = 100_000
+
+# Postgres: every report in one statement of fixed shape (four arrays), prepared once.
+_UPDATE_FROM_ARRAYS = text(
+    """
+    UPDATE jobs SET progress = r.progress, partial_text = r.text
+    FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), CAST(:progress AS float8[]),
+                CAST(:texts AS text[])) AS r(id, token, progress, text)
+    WHERE jobs.id = r.id AND jobs.lease_token = r.token AND jobs.status = 'processing'
+    """
+)
 
 
 @dataclass
@@ -68,22 +78,10 @@ class ProgressWriter(threading.Thread):
             (job_id, r.lease_token, r.progress, r.text[-MAX_PARTIAL_CHARS:]) for job_id, r in batch.items()
         ]
         if self.db.engine.dialect.name == "postgresql":
-            reports = values(
-                column("job_id", String),
-                column("token", String),
-                column("new_progress", Float),
-                column("new_text", Text),
-                name="reports",
-            ).data(rows)
+            ids, tokens, progress, texts = (list(column) for column in zip(*rows, strict=True))
             with self.db.transaction() as session:
                 session.execute(
-                    update(table)
-                    .where(
-                        table.c.id == reports.c.job_id,
-                        table.c.status == JobStatus.PROCESSING.value,
-                        table.c.lease_token == reports.c.token,
-                    )
-                    .values(progress=reports.c.new_progress, partial_text=reports.c.new_text)
+                    _UPDATE_FROM_ARRAYS, {"ids": ids, "tokens": tokens, "progress": progress, "texts": texts}
                 )
             return len(rows)
         statement = (

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -48,6 +49,7 @@ logger = structlog.get_logger(__name__)
 class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        sys.setswitchinterval(settings.worker_switch_interval_s)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.db = Database(
             settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
