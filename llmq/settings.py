@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # How often CPython makes a busy thread hand the GIL over (its default is 5 ms). A worker's
     # threads mostly wait on sockets; each reply they get waits for the GIL, so a shorter interval
     # keeps a thousand streams on the event loop from delaying every claim by milliseconds.
-    worker_switch_interval_s: float = 0.005
+    worker_switch_interval_s: float = 0.0005
     webhook_worker_concurrency: int = 20
     # Task events (received/started/succeeded) feed Flower's task pages; each is a publish to Redis.
     # Off: Flower still lists the workers and their queues, not the tasks.
