@@ -108,9 +108,11 @@ class Settings(BaseSettings):
     # Off: Flower still lists the workers and their queues, not the tasks.
     task_events: bool = True
     job_time_limit_s: int = 900
-    # Redis hands an unacked message to another worker after this long. A message lives unacked
-    # for one attempt (at most provider_timeout_s) or one countdown (at most max_countdown_s), so
-    # it must exceed both. Recovery of a dead worker's jobs never waits for it: leases do that.
+    # Redis hands an unacked message to another worker after this long. A job's message is acked
+    # once its call has started (the lease covers the call); a message lives unacked while it
+    # waits for its countdown (at most max_countdown_s) or while a webhook retry POSTs. The check
+    # below keeps the old, larger margin (provider_timeout_s) for anyone running tasks by hand.
+    # Recovery of a dead worker's jobs never waits for it: leases do that.
     visibility_timeout_s: int = 3600
     sweep_interval_s: float = 5.0
     # A worker renews the lease of each job it runs every lease_s/3; a job whose lease expired

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
@@ -93,40 +93,65 @@ _MOVE_EVENT = (
 )
 
 
+_INSERT_DELIVERIES_FROM_ARRAYS = text(
+    """
+    INSERT INTO webhook_deliveries (event_id, attempt, attempted_at, status_code, latency_ms, success, error)
+    SELECT * FROM unnest(CAST(:event_id AS text[]), CAST(:attempt AS integer[]),
+                         CAST(:attempted_at AS timestamptz[]), CAST(:status_code AS integer[]),
+                         CAST(:latency_ms AS integer[]), CAST(:success AS boolean[]), CAST(:error AS text[]))
+    """
+)
+_MOVE_EVENTS_FROM_ARRAYS = text(
+    """
+    UPDATE webhook_events SET status = m.status, last_status_code = m.status_code,
+        delivered_at = m.delivered_at, next_attempt_at = m.next_at, updated_at = m.now
+    FROM unnest(CAST(:b_event_id AS text[]), CAST(:b_status AS text[]), CAST(:b_status_code AS integer[]),
+                CAST(:b_delivered_at AS timestamptz[]), CAST(:b_next_at AS timestamptz[]),
+                CAST(:b_now AS timestamptz[])) AS m(id, status, status_code, delivered_at, next_at, now)
+    WHERE webhook_events.id = m.id
+    """
+)
+
+
+def _arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
 def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[str]:
     """Write the attempts and move their events on, all in two statements. Returns each event's
     new status."""
     if not records:
         return []
-    session.execute(
-        insert(_DELIVERIES),
-        [
-            {
-                "event_id": r.event.event_id,
-                "attempt": r.event.attempt,
-                "attempted_at": r.now,
-                "status_code": r.status_code,
-                "latency_ms": r.latency_ms,
-                "success": r.success,
-                "error": r.error[:2000] if r.error else None,
-            }
-            for r in records
-        ],
-    )
-    session.execute(
-        _MOVE_EVENT,
-        [
-            {
-                "b_event_id": r.event.event_id,
-                "b_status": r.status.value,
-                "b_status_code": r.status_code,
-                "b_delivered_at": r.now if r.success else None,
-                "b_next_at": r.next_attempt_at if r.status is WebhookEventStatus.PENDING else None,
-                "b_now": r.now,
-            }
-            for r in records
-        ],
-    )
+    deliveries = [
+        {
+            "event_id": r.event.event_id,
+            "attempt": r.event.attempt,
+            "attempted_at": r.now,
+            "status_code": r.status_code,
+            "latency_ms": r.latency_ms,
+            "success": r.success,
+            "error": r.error[:2000] if r.error else None,
+        }
+        for r in records
+    ]
+    moves = [
+        {
+            "b_event_id": r.event.event_id,
+            "b_status": r.status.value,
+            "b_status_code": r.status_code,
+            "b_delivered_at": r.now if r.success else None,
+            "b_next_at": r.next_attempt_at if r.status is WebhookEventStatus.PENDING else None,
+            "b_now": r.now,
+        }
+        for r in records
+    ]
+    if len(records) > 1 and session.get_bind().dialect.name == "postgresql":
+        # A batch: one statement each for the rows and the events, whatever the batch's size.
+        session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, _arrays(deliveries))
+        session.execute(_MOVE_EVENTS_FROM_ARRAYS, _arrays(moves))
+    else:
+        session.execute(insert(_DELIVERIES), deliveries)
+        session.execute(_MOVE_EVENT, moves)
     return [r.status.value for r in records]
 
 

@@ -47,9 +47,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_ignore_result": True,
         "result_backend": None,
-        # A job message is acked only after the job's outcome is committed; a worker that dies
-        # mid-call leaves it unacked, so it is delivered again (the compare-and-set in the
-        # database makes the redelivery harmless).
+        # A job message is acked when its task returns: once the job is claimed and its call
+        # started (from then on the job's lease protects it: a worker that dies stops renewing it
+        # and the sweeper requeues the job), or once it was parked or answered. A worker that
+        # dies during the claim leaves the message unacked, so it is delivered again (the
+        # compare-and-set in the database makes the redelivery harmless).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -13,9 +13,10 @@ from sqlalchemy import update
 
 from llmq.models.base import utcnow
 from llmq.models.db import Database
-from llmq.models.tables import Attempt, Job
+from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent
 from llmq.models.tenants import IssuedKey
 from llmq.models.transitions import NewJob, create_job
+from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
 from llmq.webhooks import verify
 from tests.integration.conftest import SimulatorControl, settle, unique_model, wait_for_status
 from tests.integration.services import WebhookReceiver, wait_for
@@ -35,8 +36,9 @@ def test_a_job_the_broker_never_received_is_enqueued_by_the_sweeper(
     new = NewJob(model=f"openai/{bare}", messages=[{"role": "user", "content": "hi"}])
     with database.transaction() as session:
         job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=utcnow(), max_attempts=5)
-        job.enqueued_at = None  # committed but never on the broker, as when Redis was down at submit
         job_id = job.id
+        # committed but never on the broker, as when Redis was down at submit
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
     done = wait_for_status(client, auth, job_id, {"completed"})
     assert done["attempts"] == 1
     assert sim.requests_for(bare) == 1
@@ -221,3 +223,51 @@ def test_private_webhook_urls_are_refused_when_the_guard_is_on(
         assert accepted.status_code == 202
     finally:
         app.extensions["llmq.db"].dispose()
+
+
+def test_a_batch_of_delivery_attempts_is_recorded_in_one_go(tenant: IssuedKey, database: Database) -> None:
+    """The LLM worker records its first webhook attempts in batches (one statement per table on
+    Postgres): each event gets its row and its new state, whatever else is in the batch."""
+    now = utcnow()
+    new = NewJob(model="openai/batch", messages=[{"role": "user", "content": "hi"}], webhook_url="http://x/h")
+    events = []
+    with database.transaction() as session:
+        for n in range(3):
+            job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=now, max_attempts=5)
+            event = WebhookEvent(
+                id=f"msg_batch{n}{secrets.token_hex(4)}",
+                job_id=job.id,
+                tenant_id=tenant.tenant_id,
+                type="job.completed",
+                url="http://x/h",
+                payload="{}",
+                status="pending",
+                attempts=1,
+                next_attempt_at=now,
+            )
+            session.add(event)
+            events.append(EventToSend(event.id, event.url, event.payload, "secret", attempt=1))
+    later = now + timedelta(seconds=5)
+    records = [
+        DeliveryRecord(events[0], now, 200, 12, None, success=True, next_attempt_at=None),
+        DeliveryRecord(events[1], now, 503, 30, "HTTP 503", success=False, next_attempt_at=later),
+        DeliveryRecord(events[2], now, 410, 8, "HTTP 410", success=False, next_attempt_at=None, stop=True),
+    ]
+    with database.transaction() as session:
+        statuses = record_deliveries(session, records)
+    assert statuses == ["delivered", "pending", "stopped"]
+    with database.session() as session:
+        stored = {
+            e.id: e
+            for e in session.query(WebhookEvent).filter(WebhookEvent.id.in_([e.event_id for e in events]))
+        }
+        rows = {
+            d.event_id: d for d in session.query(WebhookDelivery).filter(WebhookDelivery.event_id.in_(stored))
+        }
+    assert [stored[e.event_id].status for e in events] == statuses
+    assert stored[events[0].event_id].delivered_at == now
+    assert stored[events[1].event_id].next_attempt_at == later
+    assert stored[events[2].event_id].next_attempt_at is None
+    assert [rows[e.event_id].status_code for e in events] == [200, 503, 410]
+    assert [rows[e.event_id].success for e in events] == [True, False, False]
+    assert rows[events[1].event_id].error == "HTTP 503"
