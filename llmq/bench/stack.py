@@ -137,14 +137,16 @@ class Stack:
         env.update(self.config.extra_env)
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log_path = self.logs / f"{name}.log"
         with open(log_path, "ab") as log:
             log.write(f"===== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 argv,
-                env=self.env(),
+                env={**self.env(), **(extra_env or {})},
                 cwd=self.config.run_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -236,7 +238,8 @@ class Stack:
 
     def start_llm_workers(self, phase: str, *, baseline: bool) -> list[str]:
         """llmq's workers (``llmq worker -Q llm``, K of them) or the naive baseline (one celery
-        prefork worker, default concurrency = cores, prefetch multiplier 4). Returns node names."""
+        prefork worker, default concurrency = cores, prefetch multiplier 4, each process making
+        one call at a time as the seed article's blocking task does). Returns node names."""
         nodes: list[str] = []
         if baseline:
             node = f"{phase}@{self.hostname}"
@@ -247,6 +250,9 @@ class Stack:
                     "--prefetch-multiplier", "4", "-n", node, "-E", "--without-gossip", "--without-mingle",
                     "--loglevel", "WARNING",
                 ],
+                # llmq's task only starts its call; with room for one call per process, the next
+                # task waits for it to end: one blocking call per process, the naive design.
+                extra_env={"LLMQ_WORKER_MAX_IN_FLIGHT": "1"},
             )  # fmt: skip
             self.llm_workers = [phase]
             nodes.append(node)
