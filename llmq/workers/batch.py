@@ -3,6 +3,8 @@
 Used for what a worker records after the fact and nobody waits on (webhook delivery attempts):
 items are queued from any thread and written every ``interval_s``, or sooner when
 ``max_batch`` are waiting. A failed flush is retried with the next one; the items stay queued.
+When stopped, it writes what is queued, trying a few times before it gives up (the webhook
+deliveries it records are then sent again by the sweeper, under the same id).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class BatchWriter(threading.Thread, Generic[T]):
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._on_written = on_written
+        self.tries_when_stopping = 3  # then the items are left to whoever recovers them
         self._items: list[T] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -44,29 +47,34 @@ class BatchWriter(threading.Thread, Generic[T]):
                 self._cond.notify()
 
     def run(self) -> None:
+        failures_while_stopping = 0
         while True:
             with self._cond:
                 if not self._stopping and len(self._items) < self.max_batch:
                     self._cond.wait(self.interval_s)
                 batch, stopping = self._items[: self.max_batch], self._stopping
                 del self._items[: len(batch)]
-            if batch:
-                try:
-                    self._write(batch)
-                except Exception as exc:  # the database may be away: keep the items for the next try
-                    logger.warning(
-                        "batch_write_failed", writer=self.name, items=len(batch), error=type(exc).__name__
-                    )
-                    with self._cond:
-                        self._items[:0] = batch
-                    if stopping:
+            if not batch:
+                if stopping:
+                    return
+                continue
+            try:
+                self._write(batch)
+            except Exception as exc:  # the database may be away: keep the items for the next try
+                logger.warning(
+                    "batch_write_failed", writer=self.name, items=len(batch), error=type(exc).__name__
+                )
+                with self._cond:
+                    self._items[:0] = batch
+                if stopping:
+                    failures_while_stopping += 1
+                    if failures_while_stopping >= self.tries_when_stopping:
+                        logger.error("batch_writer_gave_up", writer=self.name, items=len(self))
                         return
-                    threading.Event().wait(min(1.0, self.interval_s * 10))
-                    continue
-                if self._on_written is not None:
-                    self._on_written(len(batch))
-            elif stopping:
-                return
+                threading.Event().wait(min(1.0, self.interval_s * 10))
+                continue
+            if self._on_written is not None:
+                self._on_written(len(batch))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then end."""

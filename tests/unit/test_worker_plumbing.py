@@ -1,0 +1,118 @@
+"""The worker's in-process plumbing: the in-flight bound, the deadline watchdog, the batch writer
+and the server-sent-events reader."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+
+import pytest
+
+from llmq.workers.batch import BatchWriter
+from llmq.workers.inflight import CallCapacity, InFlightCalls
+from llmq.workers.providers.base import sse_data
+
+
+def test_capacity_blocks_when_full_and_resumes_when_a_call_is_given_back() -> None:
+    capacity = CallCapacity(2)
+    capacity.take()
+    capacity.take()
+    took = threading.Event()
+
+    def third() -> None:
+        capacity.take()
+        took.set()
+
+    waiter = threading.Thread(target=third, daemon=True)
+    waiter.start()
+    assert not took.wait(0.2), "a full process must not take another call"
+    capacity.give()
+    assert took.wait(5), "a call given back makes room"
+    assert len(capacity) == 2
+
+
+def test_capacity_wait_idle_reports_whether_everything_was_given_back() -> None:
+    capacity = CallCapacity(3)
+    capacity.take()
+    assert capacity.wait_idle(0.05) is False
+    threading.Timer(0.05, capacity.give).start()
+    assert capacity.wait_idle(5) is True
+
+
+def test_a_call_past_its_deadline_is_stopped_and_marked_overdue() -> None:
+    calls = InFlightCalls()
+    late: Future[None] = Future()
+    on_time: Future[None] = Future()
+    now = time.monotonic()
+    calls.add("job_late", "t1", late, must_end_by=now - 1)
+    calls.add("job_on_time", "t2", on_time, must_end_by=now + 60)
+    assert calls.stop_overdue(now) == ["job_late"]
+    assert late.cancelled() and not on_time.cancelled()
+    assert calls.overdue("job_late") and not calls.overdue("job_on_time")
+    calls.remove("job_late")
+    assert not calls.overdue("job_late")
+
+
+def test_a_cancelled_call_is_not_mistaken_for_an_overdue_one() -> None:
+    calls = InFlightCalls()
+    future: Future[None] = Future()
+    calls.add("job_1", "t", future, must_end_by=time.monotonic() + 60)
+    assert calls.cancel("job_1")
+    assert not calls.overdue("job_1")
+
+
+def test_batch_writer_writes_everything_in_few_batches_and_keeps_items_across_a_failure() -> None:
+    written: list[list[int]] = []
+    failures = [RuntimeError("database away")]
+
+    def write(batch: list[int]) -> None:
+        if failures:
+            raise failures.pop()
+        written.append(list(batch))
+
+    counted: list[int] = []
+    writer: BatchWriter[int] = BatchWriter("test-writer", write, interval_s=0.01, on_written=counted.append)
+    writer.start()
+    for n in range(50):
+        writer.put(n)
+    writer.stop(timeout=10)
+    assert not writer.is_alive()
+    assert sorted(n for batch in written for n in batch) == list(range(50))
+    assert sum(counted) == 50
+    assert len(written) < 50  # batched, not one write per item
+
+
+def test_batch_writer_flushes_what_is_queued_when_stopped() -> None:
+    written: list[int] = []
+    writer: BatchWriter[int] = BatchWriter("test-writer", written.extend, interval_s=60)
+    writer.start()
+    writer.put(1)
+    writer.put(2)
+    writer.stop(timeout=10)
+    assert written == [1, 2]
+
+
+async def _lines(*lines: str) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+async def _events(*lines: str) -> list[str]:
+    return [data async for data in sse_data(_lines(*lines))]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (['data: {"a":1}', "", "data: [DONE]", ""], ['{"a":1}', "[DONE]"]),
+        (["data:x", "data: y", ""], ["x\ny"]),  # multi-line data, with or without the space
+        ([": keep-alive", "event: message", "id: 7", "data: z", ""], ["z"]),
+        (["data: last without a blank line"], ["last without a blank line"]),
+        (["", "", "event: ping", ""], []),
+    ],
+)
+def test_sse_data_yields_the_data_of_each_event(lines: list[str], expected: list[str]) -> None:
+    assert asyncio.run(_events(*lines)) == expected
