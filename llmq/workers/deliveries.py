@@ -70,7 +70,16 @@ def record_attempts(
                 retry_in_s=delay,
             )
             if delay is not None and delay <= settings.max_countdown_s:
-                enqueue_webhook(record.event.event_id, countdown=delay)
+                try:
+                    enqueue_webhook(record.event.event_id, countdown=delay)
+                except (
+                    Exception
+                ) as exc:  # broker away: the event is due in the database, the sweeper sends it
+                    logger.warning(
+                        "webhook_retry_enqueue_deferred",
+                        event_id=record.event.event_id,
+                        error=type(exc).__name__,
+                    )
 
     sqlalchemy.event.listen(session, "after_commit", lambda _: after_commit(), once=True)
     return statuses
