@@ -234,6 +234,8 @@ def test_a_batch_of_delivery_attempts_is_recorded_in_one_go(tenant: IssuedKey, d
     with database.transaction() as session:
         for n in range(3):
             job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=now, max_attempts=5)
+            # an ended job (no worker may pick it up), whose event is being delivered
+            session.execute(update(Job).where(Job.id == job.id).values(status="completed", completed_at=now))
             event = WebhookEvent(
                 id=f"msg_batch{n}{secrets.token_hex(4)}",
                 job_id=job.id,

@@ -17,6 +17,9 @@ The SDK (2.x) sends no ``temperature`` parameter of its own; the request's is pa
 
 from __future__ import annotations
 
+import json
+import ssl
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -29,6 +32,7 @@ from llmq.workers.providers.base import (
     ProviderResponse,
     SdkProvider,
     aiohttp_http_client,
+    sse_data,
 )
 from llmq.workers.providers.errors import (
     InvalidRequestError,
@@ -44,8 +48,7 @@ from llmq.workers.providers.errors import (
 )
 
 if TYPE_CHECKING:
-    from anthropic import AsyncStream
-    from anthropic.types import Message, MessageParam, RawMessageStreamEvent
+    from anthropic.types import Message, MessageParam
 
 __all__ = ["AnthropicProvider", "normalise_stop_reason"]
 
@@ -135,19 +138,20 @@ class AnthropicProvider(SdkProvider):
                 raise self._map_error(exc, request) from exc
             return _from_message(message)
 
+        # The SDK makes the request and raises its typed errors for an error status; the event
+        # stream is read as plain JSON lines (``_consume``), without a model object per event.
+        streaming = False
         try:
-            stream = await self._client.messages.create(**params, stream=True)
-        except anthropic.AnthropicError as exc:
-            raise self._map_error(exc, request) from exc
-        try:
-            return await self._consume(stream, on_progress)
-        except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
-            raise self._map_error(exc, request, streaming=True) from exc
-        finally:
-            await stream.close()
+            async with self._client.messages.with_streaming_response.create(
+                **params, stream=True
+            ) as response:
+                streaming = True
+                return await self._consume(response.iter_lines(), on_progress, request)
+        except (anthropic.AnthropicError, httpx2.HTTPError, ssl.SSLError) as exc:
+            raise self._map_error(exc, request, streaming=streaming) from exc
 
     async def _consume(
-        self, stream: AsyncStream[RawMessageStreamEvent], on_progress: ProgressCallback
+        self, lines: AsyncIterator[str], on_progress: ProgressCallback, request: ProviderRequest
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -156,23 +160,34 @@ class AnthropicProvider(SdkProvider):
         completion_tokens: int | None = None
         stop_reason: str | None = None
         stopped = False
-        async for event in stream:
-            if event.type == "message_start":
-                model = event.message.model or None
-                prompt_tokens = _prompt_tokens(event.message.usage)
-                completion_tokens = event.message.usage.output_tokens
-            elif event.type == "content_block_delta":
-                if event.delta.type == "text_delta" and event.delta.text:
-                    text += event.delta.text  # resized in place by CPython: linear overall
+        async for data in sse_data(lines):
+            event = json.loads(data)
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("type")
+            if kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    text += delta["text"]  # resized in place by CPython: linear overall
                     pieces += 1
                     on_progress(text, pieces)
-            elif event.type == "message_delta":
-                stop_reason = event.delta.stop_reason or stop_reason
-                completion_tokens = event.usage.output_tokens
-                if event.usage.input_tokens is not None:
-                    prompt_tokens = max(prompt_tokens, _prompt_tokens(event.usage))
-            elif event.type == "message_stop":
+            elif kind == "message_start":
+                message = event.get("message") or {}
+                model = message.get("model") or None
+                usage = message.get("usage") or {}
+                prompt_tokens = _prompt_tokens(usage)
+                completion_tokens = usage.get("output_tokens")
+            elif kind == "message_delta":
+                stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                usage = event.get("usage") or {}
+                if usage.get("output_tokens") is not None:
+                    completion_tokens = usage["output_tokens"]
+                if usage.get("input_tokens") is not None:
+                    prompt_tokens = max(prompt_tokens, _prompt_tokens(usage))
+            elif kind == "message_stop":
                 stopped = True
+            elif kind == "error":  # an error event inside a 200 stream (overloaded_error, ...)
+                raise self._stream_error(event, request)
         if not stopped:
             raise ProviderStreamError(
                 f"{self.name}: the stream ended before message_stop ({pieces} pieces received)"
@@ -183,6 +198,19 @@ class AnthropicProvider(SdkProvider):
             prompt_tokens=prompt_tokens,
             completion_tokens=max(completion_tokens or 0, 0) or pieces,
             model=model,
+        )
+
+    def _stream_error(self, event: dict[str, Any], request: ProviderRequest) -> ProviderError:
+        message = _body_message(event) or "an error event in the stream"
+        text = scrub_message(
+            f"{self.name}: stream error: {message}",
+            secrets=(self._api_key,),
+            prompts=(m.content for m in request.messages),
+        )
+        details = _body_error(event).get("details")
+        code = details.get("error_code") if isinstance(details, dict) else None
+        return error_for_status(
+            None, text, code=code if isinstance(code, str) else None, kind=_body_type(event)
         )
 
     # --- errors ----------------------------------------------------------------------------------
@@ -231,12 +259,14 @@ def _from_message(message: Message) -> ProviderResponse:
 
 
 def _prompt_tokens(usage: Any) -> int:
-    """All input tokens: uncached, written to the cache and read from it."""
-    return int(
-        (usage.input_tokens or 0)
-        + (getattr(usage, "cache_creation_input_tokens", None) or 0)
-        + (getattr(usage, "cache_read_input_tokens", None) or 0)
-    )
+    """All input tokens: uncached, written to the cache and read from it (``usage`` is the SDK's
+    object or the JSON of a streamed event)."""
+
+    def tokens(name: str) -> int:
+        value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+        return int(value or 0)
+
+    return tokens("input_tokens") + tokens("cache_creation_input_tokens") + tokens("cache_read_input_tokens")
 
 
 def _body_error(body: object) -> dict[str, Any]:
