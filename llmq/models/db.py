@@ -6,13 +6,20 @@ connection is shared across a fork.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+import sqlalchemy.exc
+import structlog
+import tenacity
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+P = ParamSpec("P")
+logger = structlog.get_logger(__name__)
 
 
 class Database:
@@ -62,3 +69,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def retry_on_database_outage(fn: Callable[P, T]) -> Callable[P, T]:
+    """Retry a unit of work while the database is unreachable (a restart, a failover) for up to
+    half a lease: the result of a finished provider call is worth waiting for, and running the
+    call again would cost the user twice. Errors that are not about the connection are raised."""
+    return tenacity.retry(
+        retry=tenacity.retry_if_exception(_is_outage),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=3.0),
+        stop=tenacity.stop_after_delay(30.0),
+        reraise=True,
+        before_sleep=lambda state: logger.warning(
+            "database_unavailable_retrying", attempt=state.attempt_number, fn=getattr(fn, "__name__", "")
+        ),
+    )(fn)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )

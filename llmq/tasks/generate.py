@@ -28,6 +28,7 @@ import structlog
 from celery import Task
 
 from llmq.models.base import utcnow
+from llmq.models.db import retry_on_database_outage
 from llmq.models.transitions import (
     CallResult,
     ClaimedJob,
@@ -48,7 +49,7 @@ from llmq.workers.cache import CachedAnswer
 from llmq.workers.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.workers.gate import Go, Hit, Park, after_call, gate, model_chain
 from llmq.workers.policy import after_failure
-from llmq.workers.runtime import WorkerRuntime, get_runtime, retry_on_database_outage
+from llmq.workers.runtime import WorkerRuntime, get_runtime
 
 logger = structlog.get_logger(__name__)
 

@@ -19,12 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import redis
-import sqlalchemy.exc
 import structlog
-import tenacity
 
 from llmq.models.db import Database
 from llmq.models.transitions import SendNow
@@ -42,7 +40,6 @@ from llmq.workers.ratelimit import fleet_limiter
 from llmq.workers.webhook_sender import DeliveryOutcome, webhook_session
 
 T = TypeVar("T")
-P = ParamSpec("P")
 logger = structlog.get_logger(__name__)
 
 
@@ -71,7 +68,7 @@ class WorkerRuntime:
         self.webhook_sends = CallCapacity(1 << 30)  # counts the POSTs not yet recorded
         self.delivery_recorder: BatchWriter[tuple[EventToSend, DeliveryOutcome]] = BatchWriter(
             "llmq-delivery-recorder",
-            retry_on_database_outage(partial(write_deliveries, self)),
+            partial(write_deliveries, self),  # a failed batch stays queued and is written again
             on_written=self.webhook_sends.give,
         )
         self.delivery_recorder.start()
@@ -134,27 +131,6 @@ class WorkerRuntime:
 async def _on_loop(factory: Callable[..., T], *args: Any) -> T:
     """Build something that must be created inside the running event loop (aiohttp sessions)."""
     return factory(*args)
-
-
-def retry_on_database_outage(fn: Callable[P, T]) -> Callable[P, T]:
-    """Retry a unit of work while the database is unreachable (a restart, a failover) for up to
-    half a lease: the result of a finished provider call is worth waiting for, and running the
-    call again would cost the user twice. Errors that are not about the connection are raised."""
-    return tenacity.retry(
-        retry=tenacity.retry_if_exception(_is_outage),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=3.0),
-        stop=tenacity.stop_after_delay(30.0),
-        reraise=True,
-        before_sleep=lambda state: logger.warning(
-            "database_unavailable_retrying", attempt=state.attempt_number, fn=getattr(fn, "__name__", "")
-        ),
-    )(fn)
-
-
-def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
-        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-    )
 
 
 _runtime: WorkerRuntime | None = None
