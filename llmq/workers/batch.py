@@ -24,7 +24,7 @@ class BatchWriter(threading.Thread, Generic[T]):
     def __init__(
         self,
         name: str,
-        write: Callable[[list[T]], None],
+        write: Callable[[list[T]], object],
         *,
         interval_s: float = 0.05,
         max_batch: int = 500,

@@ -9,9 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-import sqlalchemy.event
 import structlog
-from sqlalchemy.orm import Session
 
 from llmq.models.base import utcnow
 from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
@@ -26,15 +24,12 @@ logger = structlog.get_logger(__name__)
 
 def record_attempt(rt: WorkerRuntime, event: EventToSend, outcome: DeliveryOutcome) -> str:
     """Write what an attempt gave and schedule the next one, if any."""
-    with rt.db.transaction() as session:
-        return record_attempts(rt, session, [(event, outcome)])[0]
+    return write_deliveries(rt, [(event, outcome)])[0]
 
 
-def record_attempts(
-    rt: WorkerRuntime, session: Session, sent: list[tuple[EventToSend, DeliveryOutcome]]
-) -> list[str]:
-    """Write what several attempts gave in ``session`` and schedule the next ones; the retries
-    due soon are enqueued once the transaction commits."""
+def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOutcome]]) -> list[str]:
+    """Write what several attempts gave in one transaction, then enqueue the retries that are due
+    soon (longer ones wait in the database for the sweeper). Returns each event's new status."""
     settings = rt.settings
     now = utcnow()
     records = []
@@ -54,38 +49,25 @@ def record_attempts(
                 stop=outcome.stop,
             )
         )
-    statuses = record_deliveries(session, records)
-
-    def after_commit() -> None:
-        for record, status in zip(records, statuses, strict=True):
-            delay = None
-            if record.next_attempt_at is not None:
-                delay = (record.next_attempt_at - now).total_seconds()
-            logger.info(
-                "webhook_attempt",
-                event_id=record.event.event_id,
-                attempt=record.event.attempt,
-                status_code=record.status_code,
-                outcome=status,
-                retry_in_s=delay,
-            )
-            if delay is not None and delay <= settings.max_countdown_s:
-                try:
-                    enqueue_webhook(record.event.event_id, countdown=delay)
-                except (
-                    Exception
-                ) as exc:  # broker away: the event is due in the database, the sweeper sends it
-                    logger.warning(
-                        "webhook_retry_enqueue_deferred",
-                        event_id=record.event.event_id,
-                        error=type(exc).__name__,
-                    )
-
-    sqlalchemy.event.listen(session, "after_commit", lambda _: after_commit(), once=True)
-    return statuses
-
-
-def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOutcome]]) -> None:
-    """The delivery recorder's write: one transaction for every attempt that ended meanwhile."""
     with rt.db.transaction() as session:
-        record_attempts(rt, session, sent)
+        statuses = record_deliveries(session, records)
+    for record, status in zip(records, statuses, strict=True):
+        delay = None
+        if record.next_attempt_at is not None:
+            delay = (record.next_attempt_at - now).total_seconds()
+        logger.info(
+            "webhook_attempt",
+            event_id=record.event.event_id,
+            attempt=record.event.attempt,
+            status_code=record.status_code,
+            outcome=status,
+            retry_in_s=delay,
+        )
+        if delay is not None and delay <= settings.max_countdown_s:
+            try:
+                enqueue_webhook(record.event.event_id, countdown=delay)
+            except Exception as exc:  # broker away: the event is due in the database, the sweeper sends it
+                logger.warning(
+                    "webhook_retry_enqueue_deferred", event_id=record.event.event_id, error=type(exc).__name__
+                )
+    return statuses
