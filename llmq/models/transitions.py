@@ -187,7 +187,7 @@ class TransitionResult:
 
     job: Any  # the job after the move (a Job, or a row with its attributes), when read
     applied: bool
-    event_ids: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)  # for the webhooks queue
     events: list[EventToSend] = field(default_factory=list)  # claimed for the caller to send now
 
 
@@ -740,8 +740,9 @@ def _ended(
                 "updated_at": now,
             },
         )
-        event_ids.append(event_id)
-        if send_now is not None:
+        if send_now is None:
+            event_ids.append(event_id)
+        else:
             secret = send_now.secret(session, job.tenant_id)
             events.append(EventToSend(event_id, job.webhook_url, payload, secret, attempt=1))
     return TransitionResult(job=job, applied=True, event_ids=event_ids, events=events)

@@ -198,8 +198,7 @@ def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:
     for event in transition.events:
         send_claimed(rt, event)
     for event_id in transition.event_ids:
-        if all(event.event_id != event_id for event in transition.events):
-            enqueue_webhook(event_id)
+        enqueue_webhook(event_id)
 
 
 def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:

@@ -51,7 +51,6 @@ class StartedCall:
 
     future: concurrent.futures.Future[ProviderResponse]
     started: float  # time.monotonic() at start
-    timeout_s: float
 
 
 def start_call(
@@ -79,7 +78,7 @@ def start_call(
     rt.inflight.add(
         claim.job_id, claim.lease_token, future, slot, must_end_by=started + request.timeout_s + 5.0
     )
-    return StartedCall(future=future, started=started, timeout_s=request.timeout_s)
+    return StartedCall(future=future, started=started)
 
 
 def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallOutcome:
