@@ -90,3 +90,9 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
     )
+
+
+def as_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as one list per column: the parameters of a Postgres ``unnest(...)`` statement that
+    writes a whole batch at once."""
+    return {key: [row[key] for row in rows] for key in rows[0]}

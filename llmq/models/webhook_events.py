@@ -14,6 +14,7 @@ from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
+from llmq.models.db import as_arrays
 from llmq.models.state import WebhookEventStatus
 from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
 
@@ -113,10 +114,6 @@ _MOVE_EVENTS_FROM_ARRAYS = text(
 )
 
 
-def _arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {key: [row[key] for row in rows] for key in rows[0]}
-
-
 def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[str]:
     """Write the attempts and move their events on, all in two statements. Returns each event's
     new status."""
@@ -147,8 +144,8 @@ def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[s
     ]
     if len(records) > 1 and session.get_bind().dialect.name == "postgresql":
         # A batch: one statement each for the rows and the events, whatever the batch's size.
-        session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, _arrays(deliveries))
-        session.execute(_MOVE_EVENTS_FROM_ARRAYS, _arrays(moves))
+        session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, as_arrays(deliveries))
+        session.execute(_MOVE_EVENTS_FROM_ARRAYS, as_arrays(moves))
     else:
         session.execute(insert(_DELIVERIES), deliveries)
         session.execute(_MOVE_EVENT, moves)

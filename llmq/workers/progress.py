@@ -16,7 +16,7 @@ from typing import cast
 import structlog
 from sqlalchemy import Table, bindparam, text, update
 
-from llmq.models.db import Database
+from llmq.models.db import Database, as_arrays
 from llmq.models.state import JobStatus
 from llmq.models.tables import Job
 
@@ -28,10 +28,21 @@ MAX_PARTIAL_CHARS = 100_000
 _UPDATE_FROM_ARRAYS = text(
     """
     UPDATE jobs SET progress = r.progress, partial_text = r.text
-    FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), CAST(:progress AS float8[]),
-                CAST(:texts AS text[])) AS r(id, token, progress, text)
+    FROM unnest(CAST(:job_id AS text[]), CAST(:token AS text[]), CAST(:new_progress AS float8[]),
+                CAST(:new_text AS text[])) AS r(id, token, progress, text)
     WHERE jobs.id = r.id AND jobs.lease_token = r.token AND jobs.status = 'processing'
     """
+)
+# Other databases: the same update, once per report.
+_JOBS = cast(Table, Job.__table__)
+_UPDATE_EACH = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.status == JobStatus.PROCESSING.value,
+        _JOBS.c.lease_token == bindparam("token"),
+    )
+    .values(progress=bindparam("new_progress"), partial_text=bindparam("new_text"))
 )
 
 
@@ -73,34 +84,20 @@ class ProgressWriter(threading.Thread):
             batch, self._pending = self._pending, {}
         if not batch:
             return 0
-        table = cast(Table, Job.__table__)
         rows = [
-            (job_id, r.lease_token, r.progress, r.text[-MAX_PARTIAL_CHARS:]) for job_id, r in batch.items()
+            {
+                "job_id": job_id,
+                "token": r.lease_token,
+                "new_progress": r.progress,
+                "new_text": r.text[-MAX_PARTIAL_CHARS:],
+            }
+            for job_id, r in batch.items()
         ]
-        if self.db.engine.dialect.name == "postgresql":
-            ids, tokens, progress, texts = (list(column) for column in zip(*rows, strict=True))
-            with self.db.transaction() as session:
-                session.execute(
-                    _UPDATE_FROM_ARRAYS, {"ids": ids, "tokens": tokens, "progress": progress, "texts": texts}
-                )
-            return len(rows)
-        statement = (
-            update(table)
-            .where(
-                table.c.id == bindparam("job_id"),
-                table.c.status == JobStatus.PROCESSING.value,
-                table.c.lease_token == bindparam("token"),
-            )
-            .values(progress=bindparam("new_progress"), partial_text=bindparam("new_text"))
-        )
         with self.db.transaction() as session:
-            session.connection().execute(
-                statement,
-                [
-                    dict(zip(("job_id", "token", "new_progress", "new_text"), row, strict=True))
-                    for row in rows
-                ],
-            )
+            if self.db.engine.dialect.name == "postgresql":
+                session.execute(_UPDATE_FROM_ARRAYS, as_arrays(rows))
+            else:
+                session.execute(_UPDATE_EACH, rows)
         return len(rows)
 
     def stop(self) -> None:
