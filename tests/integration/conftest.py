@@ -30,8 +30,8 @@ from llmq.models.tenants import IssuedKey, create_key
 from llmq.settings import OpenAICompatibleEndpoint, Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.services import (
-    VENV_BIN,
     WebhookReceiver,
+    celery_worker_argv,
     free_port,
     settings_env,
     simulator_ready,
@@ -113,28 +113,12 @@ def worker(settings: Settings, database: Database, simulator: str, logs_dir: Pat
     so the sweeper runs too."""
     name = f"test-{uuid.uuid4().hex[:6]}@127.0.0.1"
     proc = start_process(
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "llmq.tasks.app",
-            "worker",
-            "-Q",
-            "llm,webhooks",
-            "-P",
-            "threads",
-            "-c",
-            str(settings.worker_concurrency),
-            "-n",
+        celery_worker_argv(
             name,
-            "-E",
-            "-B",
-            "-s",
-            str(logs_dir / "beat-schedule"),
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
+            concurrency=settings.worker_concurrency,
+            events=True,
+            beat_schedule=logs_dir / "beat-schedule",
+        ),
         settings_env(settings),
         logs_dir / "worker.log",
     )

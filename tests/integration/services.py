@@ -170,3 +170,16 @@ class WebhookReceiver:
 
 def simulator_ready(url: str) -> bool:
     return httpx.get(f"{url}/_sim/health", timeout=1).status_code == 200
+
+
+def celery_worker_argv(
+    name: str, *, concurrency: int, events: bool = False, beat_schedule: Path | None = None
+) -> list[str]:
+    """A threads-pool Celery worker on both queues (``-B`` with ``beat_schedule``: the sweeper too)."""
+    argv = [str(VENV_BIN / "celery"), "-A", "llmq.tasks.app", "worker", "-Q", "llm,webhooks"]
+    argv += ["-P", "threads", "-c", str(concurrency), "-n", name]
+    if events:
+        argv.append("-E")
+    if beat_schedule is not None:
+        argv += ["-B", "-s", str(beat_schedule)]
+    return [*argv, "--without-gossip", "--without-mingle", "--loglevel", "INFO"]

@@ -30,7 +30,7 @@ from llmq.models.tables import Attempt, Job
 from llmq.settings import Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, wait_for_status
-from tests.integration.services import VENV_BIN, settings_env, start_process, stop_process, wait_for
+from tests.integration.services import celery_worker_argv, settings_env, start_process, stop_process, wait_for
 
 RUN = uuid.uuid4().hex[:6]
 M = {
@@ -113,26 +113,8 @@ def fleet(
     names = [f"fleet{i}-{RUN}@127.0.0.1" for i in range(4)]
     procs = []
     for i, name in enumerate(names):
-        argv = [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "llmq.tasks.app",
-            "worker",
-            "-Q",
-            "llm,webhooks",
-            "-P",
-            "threads",
-            "-c",
-            "10",
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ]
-        if i == 0:
-            argv += ["-B", "-s", str(logs_dir / "fleet-beat-schedule")]
+        beat = logs_dir / "fleet-beat-schedule" if i == 0 else None
+        argv = celery_worker_argv(name, concurrency=10, beat_schedule=beat)
         procs.append(start_process(argv, env, logs_dir / f"fleet{i}.log"))
     app = configure_celery(fleet_settings)
     try:
