@@ -76,7 +76,7 @@ def retry_on_database_outage(fn: Callable[P, T]) -> Callable[P, T]:
     half a lease: the result of a finished provider call is worth waiting for, and running the
     call again would cost the user twice. Errors that are not about the connection are raised."""
     return tenacity.retry(
-        retry=tenacity.retry_if_exception(_is_outage),
+        retry=tenacity.retry_if_exception(is_database_outage),
         wait=tenacity.wait_exponential_jitter(initial=0.2, max=3.0),
         stop=tenacity.stop_after_delay(30.0),
         reraise=True,
@@ -86,7 +86,8 @@ def retry_on_database_outage(fn: Callable[P, T]) -> Callable[P, T]:
     )(fn)
 
 
-def _is_outage(exc: BaseException) -> bool:
+def is_database_outage(exc: BaseException) -> bool:
+    """The database could not be reached or the connection was lost: worth trying again."""
     return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
     )

@@ -457,9 +457,11 @@ def openai_stream(parsed: ParsedRequest, words: list[str], cut: bool) -> Frames:
     if parsed.include_usage:
         base["usage"] = None
 
+    # Every chunk is the same object but for its delta and finish_reason: encode the rest once.
+    opening = f'data: {dumps(base)[:-1]},"choices":[{{"index":0,"delta":'
+
     def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return f"data: {dumps({**base, 'choices': [choice]})}\n\n".encode()
+        return f'{opening}{dumps(delta)},"logprobs":null,"finish_reason":{dumps(finish)}}}]}}\n\n'.encode()
 
     head = [frame({"role": "assistant", "content": "", "refusal": None})]
     pieces = [frame({"content": piece}) for piece in as_deltas(words)]

@@ -17,6 +17,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from kombu import Queue
 
 from llmq.settings import Settings, get_settings
+from llmq.tasks.broker import keep_one_client_per_channel
 
 LLM_QUEUE = "llm"
 WEBHOOK_QUEUE = "webhooks"
@@ -81,6 +82,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+keep_one_client_per_channel()
 celery_app = Celery("llmq", include=TASK_MODULES)
 celery_app.add_defaults(lambda: celery_config(get_settings()))
 

@@ -28,13 +28,15 @@ import structlog
 from celery import Task
 
 from llmq.models.base import utcnow
-from llmq.models.db import retry_on_database_outage
+from llmq.models.db import is_database_outage, retry_on_database_outage
 from llmq.models.transitions import (
     CallResult,
     ClaimedJob,
+    Completion,
     TransitionResult,
     claim_job,
     complete_job,
+    complete_jobs,
     discard_attempt,
     expire_overdue,
     fail_attempt,
@@ -119,21 +121,82 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
 
 
 def _finish(rt: WorkerRuntime, claim: ClaimedJob, go: Go, call: StartedCall) -> str:
-    """On a finisher thread, once the call has ended: give back what the gate took, record the
-    outcome, announce it. A failure here leaves the job to its lease (the sweeper recovers it)."""
+    """On a finisher thread, once the call has ended: give back what the gate took, then record
+    the outcome and announce it — a success through the completion writer (in a batch with the
+    others that ended meanwhile), anything else here. A failure here leaves the job to its lease
+    (the sweeper recovers it)."""
     structlog.contextvars.bind_contextvars(job_id=claim.job_id)
+    handed_over = False
     try:
         outcome = outcome_of(rt, claim, call)
         _release(rt, go, outcome)
+        if outcome.result is not None and rt.completions is not None:
+            rt.completions.put((claim, go, outcome.result))
+            handed_over = True
+            return "handed_over"
         return _record(rt, claim, go, outcome)
     except Exception as exc:
         logger.error("job_finish_failed", error=type(exc).__name__, exc_info=exc)
         return "error"
     finally:
-        rt.inflight.remove(claim.job_id)
-        rt.progress.forget(claim.job_id)
-        rt.capacity.give()
+        if not handed_over:
+            _forget(rt, claim)
         structlog.contextvars.unbind_contextvars("job_id")
+
+
+def _forget(rt: WorkerRuntime, claim: ClaimedJob) -> None:
+    """The job is recorded (or left to its lease): stop renewing it and free its capacity."""
+    rt.inflight.remove(claim.job_id)
+    rt.progress.forget(claim.job_id)
+    rt.capacity.give()
+
+
+def record_completions(rt: WorkerRuntime, batch: list[tuple[ClaimedJob, Go, CallResult]]) -> None:
+    """The completion writer's work: complete a batch of successful calls in one transaction,
+    then announce each. While the database is unreachable the error is raised, and the writer
+    keeps the batch and tries again (the jobs stay in flight, their leases renewed); any other
+    error falls back to recording the calls one by one."""
+    try:
+        with rt.db.transaction() as session:
+            completions = [Completion(claim, result) for claim, _, result in batch]
+            ended = complete_jobs(session, completions, utcnow(), send_now=rt.send_now)
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise
+        logger.error("completion_batch_failed", jobs=len(batch), error=type(exc).__name__, exc_info=exc)
+        for claim, go, result in batch:
+            _record_alone(rt, claim, go, result)
+        return
+    for (claim, go, result), transition in zip(batch, ended, strict=True):
+        try:
+            _completed(rt, claim, go, result, transition)
+        except Exception as exc:
+            logger.error("job_finish_failed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
+        finally:
+            _forget(rt, claim)
+
+
+def _record_alone(rt: WorkerRuntime, claim: ClaimedJob, go: Go, result: CallResult) -> None:
+    try:
+        _record(rt, claim, go, CallOutcome(result=result, latency_ms=result.latency_ms))
+    except Exception as exc:
+        logger.error("job_finish_failed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
+    finally:
+        _forget(rt, claim)
+
+
+def _completed(
+    rt: WorkerRuntime, claim: ClaimedJob, go: Go, result: CallResult, transition: TransitionResult
+) -> None:
+    if not transition.applied:
+        logger.info("job_result_discarded", job_id=claim.job_id, attempt=claim.attempt_number)
+        return
+    _announce(rt, transition)
+    if go.cache_key is not None:
+        rt.cache.put(go.cache_key, _to_cache(result))
+    logger.info(
+        "job_attempt_finished", job_id=claim.job_id, outcome="completed", attempt=claim.attempt_number
+    )
 
 
 @retry_on_database_outage
@@ -172,12 +235,13 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
     if not transition.applied:
         logger.info("job_result_discarded", attempt=claim.attempt_number)
         return "discarded"
+    if outcome.result is not None:
+        _completed(rt, claim, go, outcome.result, transition)
+        return what
     _announce(rt, transition)
     if delay is not None and _by_countdown(rt, delay):
         enqueue_job(claim.job_id, countdown=delay or None)
     # Longer waits stay parked in the database; the sweeper enqueues them when due.
-    if outcome.result is not None and go.cache_key is not None:
-        rt.cache.put(go.cache_key, _to_cache(outcome.result))
     logger.info("job_attempt_finished", outcome=what, attempt=claim.attempt_number, retry_in_s=delay)
     return what
 

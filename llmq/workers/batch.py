@@ -2,7 +2,10 @@
 
 Used for what a worker records after the fact and nobody waits on (webhook delivery attempts):
 items are queued from any thread and written every ``interval_s``, or sooner when
-``max_batch`` are waiting. A failed flush is retried with the next one; the items stay queued.
+``max_batch`` are waiting. With ``eager``, a batch is written as soon as there is anything to
+write, and what arrives during a write makes the next batch (a group commit): no added latency
+when idle, batches that grow with the load. That is how a worker records finished calls.
+A failed flush is retried with the next one; the items stay queued.
 When stopped, it writes what is queued, trying a few times before it gives up (the webhook
 deliveries it records are then sent again by the sweeper, under the same id).
 """
@@ -29,12 +32,14 @@ class BatchWriter(threading.Thread, Generic[T]):
         interval_s: float = 0.05,
         max_batch: int = 500,
         on_written: Callable[[int], None] | None = None,
+        eager: bool = False,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._write = write
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._on_written = on_written
+        self.eager = eager
         self.tries_when_stopping = 3  # then the items are left to whoever recovers them
         self._items: list[T] = []
         self._cond = threading.Condition()
@@ -43,14 +48,17 @@ class BatchWriter(threading.Thread, Generic[T]):
     def put(self, item: T) -> None:
         with self._cond:
             self._items.append(item)
-            if len(self._items) >= self.max_batch:
+            if self.eager or len(self._items) >= self.max_batch:
                 self._cond.notify()
 
     def run(self) -> None:
         failures_while_stopping = 0
         while True:
             with self._cond:
-                if not self._stopping and len(self._items) < self.max_batch:
+                if self.eager:
+                    while not self._items and not self._stopping:
+                        self._cond.wait()
+                elif not self._stopping and len(self._items) < self.max_batch:
                     self._cond.wait(self.interval_s)
                 batch, stopping = self._items[: self.max_batch], self._stopping
                 del self._items[: len(batch)]

@@ -19,13 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import structlog
 
 from llmq.models.db import Database
-from llmq.models.transitions import SendNow
+from llmq.models.transitions import CallResult, ClaimedJob, SendNow
 from llmq.models.webhook_events import EventToSend
 from llmq.settings import Settings, get_settings
 from llmq.workers.batch import BatchWriter
@@ -38,6 +38,9 @@ from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
 from llmq.workers.webhook_sender import DeliveryOutcome, webhook_session
+
+if TYPE_CHECKING:
+    from llmq.workers.gate import Go
 
 T = TypeVar("T")
 logger = structlog.get_logger(__name__)
@@ -72,6 +75,14 @@ class WorkerRuntime:
             on_written=self.webhook_sends.give,
         )
         self.delivery_recorder.start()
+        # Successful calls are recorded in batches on Postgres (two statements per batch, see
+        # complete_jobs); elsewhere each finisher records its own.
+        self.completions: BatchWriter[tuple[ClaimedJob, Go, CallResult]] | None = None
+        if self.db.engine.dialect.name == "postgresql":
+            self.completions = BatchWriter(
+                "llmq-completion-writer", self._record_completions, eager=True, max_batch=200
+            )
+            self.completions.start()
         self.finishers = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.worker_finishers, thread_name_prefix="llmq-finisher"
         )
@@ -84,6 +95,11 @@ class WorkerRuntime:
         self.progress.start()
         for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
             self.registry.resolve(f"{name}/warm-up")
+
+    def _record_completions(self, batch: list[tuple[ClaimedJob, Go, CallResult]]) -> None:
+        from llmq.tasks.generate import record_completions  # the task module imports this one
+
+        record_completions(self, batch)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -119,6 +135,8 @@ class WorkerRuntime:
         self.cancel_listener.stop()
         self.progress.stop()
         self.finishers.shutdown(wait=True, cancel_futures=False)
+        if self.completions is not None:
+            self.completions.stop()
         self.delivery_recorder.stop()
         try:
             self.run(self.registry.aclose(), timeout=5)

@@ -3,8 +3,10 @@ stops the provider call, per-job deadlines, webhook delivery listing and redeliv
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,7 +17,16 @@ from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent
 from llmq.models.tenants import IssuedKey
-from llmq.models.transitions import NewJob, create_job
+from llmq.models.transitions import (
+    CallResult,
+    Completion,
+    NewJob,
+    SendNow,
+    claim_job,
+    complete_jobs,
+    create_job,
+    record_attempt,
+)
 from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
 from llmq.webhooks import verify
 from tests.integration.conftest import SimulatorControl, settle, unique_model, wait_for_status
@@ -273,3 +284,75 @@ def test_a_batch_of_delivery_attempts_is_recorded_in_one_go(tenant: IssuedKey, d
     assert [rows[e.event_id].status_code for e in events] == [200, 503, 410]
     assert [rows[e.event_id].success for e in events] == [True, False, False]
     assert rows[events[1].event_id].error == "HTTP 503"
+
+
+def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, database: Database) -> None:
+    """The LLM worker completes the calls that ended meanwhile in one transaction (two statements
+    on Postgres): each job still held is completed, its attempt closed and its webhook event
+    claimed for the worker to send; a job whose lease was taken over is left alone and its attempt
+    recorded as discarded, whatever else is in the batch."""
+    now = utcnow()
+    with_hook = NewJob(
+        model="openai/batch", messages=[{"role": "user", "content": "hi"}], webhook_url="http://x/h"
+    )
+    without_hook = NewJob(model="openai/batch", messages=[{"role": "user", "content": "hi"}])
+    claims = []
+    with database.transaction() as session:
+        for new in (with_hook, with_hook, without_hook):
+            job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=now, max_attempts=5)
+            claim = claim_job(
+                session, job.id, lease_token=secrets.token_hex(8), lease_s=600, worker="w", now=now
+            )
+            assert claim is not None
+            claims.append(record_attempt(session, claim, model="openai/batch", now=now))
+        # the second job's lease was taken over: its answer must be discarded
+        session.execute(update(Job).where(Job.id == claims[1].job_id).values(lease_token="someone-else"))
+    results = [
+        CallResult(
+            text=f"answer {n}",
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=n + 1,
+            served_by="openai/batch",
+            cost_usd=Decimal("0.00012"),
+            latency_ms=40 + n,
+        )
+        for n in range(3)
+    ]
+    done = now + timedelta(seconds=1)
+    with database.transaction() as session:
+        ended = complete_jobs(
+            session,
+            [Completion(c, r) for c, r in zip(claims, results, strict=True)],
+            done,
+            send_now=SendNow(30),
+        )
+    assert [t.applied for t in ended] == [True, False, True]
+    assert ended[0].event_ids == [] and len(ended[0].events) == 1  # claimed for the worker to send
+    assert ended[2].events == [] and ended[2].event_ids == []  # no webhook
+    sent = ended[0].events[0]
+    assert sent.attempt == 1 and sent.secret == tenant.webhook_secret and sent.url == "http://x/h"
+    with database.session() as session:
+        jobs = {j.id: j for j in session.query(Job).filter(Job.id.in_([c.job_id for c in claims]))}
+        attempts = {
+            a.job_id: a for a in session.query(Attempt).filter(Attempt.job_id.in_([c.job_id for c in claims]))
+        }
+        events = session.query(WebhookEvent).filter(WebhookEvent.job_id.in_(list(jobs))).all()
+    first, taken, third = (jobs[c.job_id] for c in claims)
+    assert (first.status, first.result_text, first.total_tokens, first.cost_usd) == (
+        "completed",
+        "answer 0",
+        4,
+        Decimal("0.00012"),
+    )
+    assert first.lease_token is None and first.completed_at == done and first.progress == 1.0
+    assert (taken.status, taken.result_text) == ("processing", None)
+    assert (third.status, third.result_text, third.completion_tokens) == ("completed", "answer 2", 3)
+    assert [attempts[c.job_id].outcome for c in claims] == ["success", "discarded", "success"]
+    assert attempts[claims[2].job_id].latency_ms == 42 and attempts[claims[2].job_id].ended_at == done
+    assert [(e.id, e.job_id, e.attempts, e.status) for e in events] == [
+        (sent.event_id, first.id, 1, "pending")
+    ]
+    payload = json.loads(events[0].payload)
+    assert payload["type"] == "job.completed" and payload["data"]["id"] == first.id
+    assert payload["data"]["result"]["text"] == "answer 0" and payload["data"]["status"] == "completed"

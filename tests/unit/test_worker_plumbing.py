@@ -95,24 +95,28 @@ def test_batch_writer_flushes_what_is_queued_when_stopped() -> None:
     assert written == [1, 2]
 
 
-async def _lines(*lines: str) -> AsyncIterator[str]:
-    for line in lines:
-        yield line
+async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
-async def _events(*lines: str) -> list[str]:
-    return [data async for data in sse_data(_lines(*lines))]
+async def _events(*chunks: bytes) -> list[bytes]:
+    return [data async for data in sse_data(_chunks(*chunks))]
 
 
 @pytest.mark.parametrize(
-    ("lines", "expected"),
+    ("chunks", "expected"),
     [
-        (['data: {"a":1}', "", "data: [DONE]", ""], ['{"a":1}', "[DONE]"]),
-        (["data:x", "data: y", ""], ["x\ny"]),  # multi-line data, with or without the space
-        ([": keep-alive", "event: message", "id: 7", "data: z", ""], ["z"]),
-        (["data: last without a blank line"], ["last without a blank line"]),
-        (["", "", "event: ping", ""], []),
+        ([b'data: {"a":1}\n\ndata: [DONE]\n\n'], [b'{"a":1}', b"[DONE]"]),
+        ([b"data:x\ndata: y\n\n"], [b"x\ny"]),  # multi-line data, with or without the space
+        ([b": keep-alive\nevent: message\nid: 7\ndata: z\n\n"], [b"z"]),
+        ([b"data: last without a blank line"], [b"last without a blank line"]),
+        ([b"\n\nevent: ping\n\n"], []),
+        # an event split anywhere across reads, a line included
+        ([b"da", b'ta: {"a"', b":1}\n", b"\nda", b"ta: 2\n\n"], [b'{"a":1}', b"2"]),
+        # CRLF and CR line ends, a CRLF split between two reads
+        ([b"data: a\r", b"\n\r\ndata: b\r\rdata: c\r\n\r\n"], [b"a", b"b", b"c"]),
     ],
 )
-def test_sse_data_yields_the_data_of_each_event(lines: list[str], expected: list[str]) -> None:
-    assert asyncio.run(_events(*lines)) == expected
+def test_sse_data_yields_the_data_of_each_event(chunks: list[bytes], expected: list[bytes]) -> None:
+    assert asyncio.run(_events(*chunks)) == expected

@@ -146,12 +146,12 @@ class AnthropicProvider(SdkProvider):
                 **params, stream=True
             ) as response:
                 streaming = True
-                return await self._consume(response.iter_lines(), on_progress, request)
+                return await self._consume(response.http_response.aiter_bytes(), on_progress, request)
         except (anthropic.AnthropicError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
 
     async def _consume(
-        self, lines: AsyncIterator[str], on_progress: ProgressCallback, request: ProviderRequest
+        self, chunks: AsyncIterator[bytes], on_progress: ProgressCallback, request: ProviderRequest
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -160,7 +160,7 @@ class AnthropicProvider(SdkProvider):
         completion_tokens: int | None = None
         stop_reason: str | None = None
         stopped = False
-        async for data in sse_data(lines):
+        async for data in sse_data(chunks):
             event = json.loads(data)
             if not isinstance(event, dict):
                 continue

@@ -125,7 +125,8 @@ class OpenAIProvider(SdkProvider):
                 **common, stream=True, stream_options={"include_usage": True}
             ) as response:
                 streaming = True
-                return await self._consume(response.iter_lines(), response.http_request, on_progress)
+                body = response.http_response.aiter_bytes()
+                return await self._consume(body, response.http_request, on_progress)
         except (openai.OpenAIError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
 
@@ -147,7 +148,7 @@ class OpenAIProvider(SdkProvider):
         )
 
     async def _consume(
-        self, lines: AsyncIterator[str], http_request: httpx2.Request, on_progress: ProgressCallback
+        self, chunks: AsyncIterator[bytes], http_request: httpx2.Request, on_progress: ProgressCallback
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -155,8 +156,8 @@ class OpenAIProvider(SdkProvider):
         model: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
-        async for data in sse_data(lines):
-            if data.startswith("[DONE]"):
+        async for data in sse_data(chunks):
+            if data.startswith(b"[DONE]"):
                 continue  # read on to the end of the body, so the connection can be reused
             chunk = json.loads(data)
             if not isinstance(chunk, dict):
