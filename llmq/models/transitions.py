@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -24,11 +24,12 @@ from sqlalchemy import (
     CursorResult,
     Executable,
     Table,
-    TextualSelect,
+    TextClause,
     bindparam,
-    column,
+    delete,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -51,6 +52,7 @@ TENANTS = cast(Table, Tenant.__table__)
 # Every column of a job under its attribute name, so a returned row reads like a Job for job_public.
 JOB_COLUMNS = [attr.columns[0].label(attr.key) for attr in Job.__mapper__.column_attrs]
 _UNSET_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs}
+_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Job.__mapper__.column_attrs}
 # What job_public and the webhook event need: not the prompt, not the idempotency fields.
 _NOT_PUBLIC = {"messages", "request_fingerprint", "idempotency_key", "partial_text", "lease_token"}
 PUBLIC_JOB_COLUMNS = [column for column in JOB_COLUMNS if column.key not in _NOT_PUBLIC]
@@ -174,6 +176,14 @@ class ClaimedJob:
     use_cache: bool | None = None
     degraded_ok: bool = False
     worker: str | None = None
+    # The rest of the job as the claim left it, so a completion can state the job's public view
+    # (its webhook payload) without reading the row again.
+    route_reason: str | None = None
+    webhook_url: str | None = None
+    metadata: dict[str, str] | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
 
 
 @dataclass(frozen=True)
@@ -256,8 +266,7 @@ def create_job(
             updated_at=now,
         )
         if idempotency_key is None:  # the common case: one INSERT, no unit of work
-            columns = {Job.__mapper__.column_attrs[key].columns[0].name: v for key, v in values.items()}
-            session.execute(INSERT_JOB, columns)
+            session.execute(INSERT_JOB, {_COLUMN_OF[key]: v for key, v in values.items()})
             return SimpleNamespace(**{**_UNSET_JOB, **values}), True
         job = Job(**values)
         try:
@@ -328,7 +337,34 @@ CLAIM_JOB = (
         JOBS.c.fallbacks,
         JOBS.c.use_cache,
         JOBS.c.degraded_ok,
+        JOBS.c.route_reason,
+        JOBS.c.webhook_url,
+        JOBS.c["metadata"],
+        JOBS.c.created_at,
+        JOBS.c.started_at,
     )
+)
+
+
+# On Postgres the claim also opens the attempt row, for the model the job is on, in the same
+# statement: one round trip less on every job. record_attempt corrects the row when the gate
+# picks another model, park_job removes it.
+_CLAIMED = CLAIM_JOB.returning(JOBS.c.id.label("claimed_id")).cte("claimed")
+_ATTEMPT_MODEL = func.coalesce(func.nullif(_CLAIMED.c.current_model, ""), _CLAIMED.c.model)
+_OPEN_ATTEMPT = insert(ATTEMPTS).from_select(
+    ["job_id", "number", "provider", "model", "worker", "started_at", "outcome"],
+    select(
+        _CLAIMED.c.claimed_id,
+        _CLAIMED.c.attempts,
+        func.split_part(_ATTEMPT_MODEL, "/", 1),
+        _ATTEMPT_MODEL,
+        bindparam("a_worker", type_=ATTEMPTS.c.worker.type),
+        bindparam("v_now", type_=ATTEMPTS.c.started_at.type),
+        literal(AttemptOutcome.RUNNING.value, type_=ATTEMPTS.c.outcome.type),
+    ),
+)
+CLAIM_AND_OPEN_ATTEMPT = select(*(c for c in _CLAIMED.c if c.key != "claimed_id")).add_cte(
+    _OPEN_ATTEMPT.cte("opened")
 )
 
 
@@ -347,8 +383,9 @@ def claim_job(
 
     The attempt is counted here; the caller then either records it with :func:`record_attempt`
     (the call goes ahead, in the same transaction) or takes it back with :func:`park_job`."""
+    opens_attempt = session.get_bind().dialect.name == "postgresql"
     row = session.execute(
-        CLAIM_JOB,
+        CLAIM_AND_OPEN_ATTEMPT if opens_attempt else CLAIM_JOB,
         {
             "w_id": job_id,
             "w_due_by": now + timedelta(seconds=early_s),
@@ -356,6 +393,7 @@ def claim_job(
             "v_token": lease_token,
             "v_lease_until": now + timedelta(seconds=lease_s),
             "v_now": now,
+            "a_worker": worker,
         },
     ).first()
     if row is None:
@@ -379,6 +417,12 @@ def claim_job(
         use_cache=row.use_cache,
         degraded_ok=bool(row.degraded_ok),
         worker=worker,
+        route_reason=row.route_reason,
+        webhook_url=row.webhook_url,
+        metadata=row.metadata,  # the column, not the attribute (metadata_)
+        created_at=row.created_at,
+        started_at=row.started_at,
+        attempt_opened=opens_attempt,
     )
 
 
@@ -400,21 +444,26 @@ def record_attempt(
         if route_reason is not None:
             values["route_reason"] = route_reason
         session.execute(update(Job).where(Job.id == claim.job_id).values(**values))
-    session.execute(
-        INSERT_ATTEMPT,
-        {
-            "job_id": claim.job_id,
-            "number": claim.attempt_number,
-            "provider": model.split("/", 1)[0],
-            "model": model,
-            "worker": claim.worker,
-            "started_at": now,
-            "outcome": outcome.value,
-            "ended_at": None if outcome is AttemptOutcome.RUNNING else now,
-        },
-    )
+    attempt: dict[str, Any] = {
+        "provider": model.split("/", 1)[0],
+        "model": model,
+        "outcome": outcome.value,
+        "ended_at": None if outcome is AttemptOutcome.RUNNING else now,
+    }
+    if not claim.attempt_opened:
+        attempt.update(job_id=claim.job_id, number=claim.attempt_number, worker=claim.worker, started_at=now)
+        session.execute(INSERT_ATTEMPT, attempt)
+    elif model != claim.model or outcome is not AttemptOutcome.RUNNING:  # else the claim wrote it
+        params = {"w_job_id": claim.job_id, "w_number": claim.attempt_number}
+        session.execute(_update_attempt(tuple(attempt)), params | {f"v_{k}": v for k, v in attempt.items()})
     model_attempts = 1 if model != claim.model else claim.model_attempts
-    return replace(claim, model=model, current_model=model, model_attempts=model_attempts)
+    return replace(
+        claim,
+        model=model,
+        current_model=model,
+        model_attempts=model_attempts,
+        route_reason=route_reason if route_reason is not None else claim.route_reason,
+    )
 
 
 def park_job(
@@ -422,6 +471,12 @@ def park_job(
 ) -> None:
     """Give the claim back without calling anyone: no capacity now (rate limit, open breaker).
     The job waits in the database with ``next_attempt_at``; the attempt is not counted."""
+    if claim.attempt_opened:
+        session.execute(
+            delete(ATTEMPTS).where(
+                ATTEMPTS.c.job_id == claim.job_id, ATTEMPTS.c.number == claim.attempt_number
+            )
+        )
     session.execute(
         update(JOBS)
         .where(_holds_lease(claim))
@@ -532,12 +587,12 @@ class Completion:
     result: CallResult
 
 
-def _complete_from_arrays() -> TextualSelect:
-    """One statement completes a whole batch: the jobs still held move to ``completed`` and
-    return their public columns; every attempt of the batch is closed, as ``discarded`` when its
-    job was not held any more (cancelled, or its lease taken over)."""
-    returning = ", ".join(f'jobs."{c.element.name}" AS "{c.key}"' for c in PUBLIC_JOB_COLUMNS)
-    sql = f"""
+def _complete_from_arrays() -> TextClause:
+    """One statement completes a whole batch: the jobs still held move to ``completed``; every
+    attempt of the batch is closed, as ``discarded`` when its job was not held any more
+    (cancelled, or its lease taken over); the completed jobs' webhook events are written."""
+    return text(
+        f"""
     WITH input AS (
         SELECT * FROM unnest(
             CAST(:id AS text[]), CAST(:token AS text[]), CAST(:number AS integer[]),
@@ -545,14 +600,15 @@ def _complete_from_arrays() -> TextualSelect:
             CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
             CAST(:cost_usd AS numeric[]), CAST(:served_by AS text[]), CAST(:cached AS boolean[]),
             CAST(:degraded AS boolean[]), CAST(:outcome AS text[]), CAST(:http_status AS integer[]),
-            CAST(:latency_ms AS integer[])
+            CAST(:latency_ms AS integer[]), CAST(:tenant_id AS text[]), CAST(:event_id AS text[]),
+            CAST(:url AS text[]), CAST(:payload AS text[])
         ) AS t(id, token, number, result_text, finish_reason, prompt_tokens, completion_tokens,
-               cost_usd, served_by, cached, degraded, outcome, http_status, latency_ms)
+               cost_usd, served_by, cached, degraded, outcome, http_status, latency_ms, tenant_id,
+               event_id, url, payload)
     ), done AS (
         UPDATE {JOBS.name} AS jobs SET status = '{JobStatus.COMPLETED.value}',
             result_text = input.result_text, finish_reason = input.finish_reason,
-            prompt_tokens = input.prompt_tokens,
-            completion_tokens = input.completion_tokens,
+            prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens,
             total_tokens = input.prompt_tokens + input.completion_tokens,
             cost_usd = input.cost_usd, served_by = input.served_by, cached = input.cached,
             degraded = input.degraded, progress = 1.0, partial_text = NULL, error_type = NULL,
@@ -561,7 +617,7 @@ def _complete_from_arrays() -> TextualSelect:
         FROM input
         WHERE jobs.id = input.id AND jobs.status = '{JobStatus.PROCESSING.value}'
             AND jobs.lease_token = input.token
-        RETURNING {returning}
+        RETURNING jobs.id
     ), closed AS (
         UPDATE {ATTEMPTS.name} AS attempts SET
             outcome = CASE WHEN done.id IS NULL THEN '{AttemptOutcome.DISCARDED.value}'
@@ -570,12 +626,58 @@ def _complete_from_arrays() -> TextualSelect:
             prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens
         FROM input LEFT JOIN done ON done.id = input.id
         WHERE attempts.job_id = input.id AND attempts.number = input.number
+    ), announced AS (
+        INSERT INTO {EVENTS.name} (id, job_id, tenant_id, type, url, payload, status, attempts,
+                                   next_attempt_at, created_at, updated_at)
+        SELECT input.event_id, input.id, input.tenant_id, '{EVENT_TYPES[JobStatus.COMPLETED]}',
+               input.url, input.payload, '{WebhookEventStatus.PENDING.value}', :event_attempts,
+               :event_due, :now, :now
+        FROM input JOIN done ON done.id = input.id
+        WHERE input.event_id IS NOT NULL
     )
-    SELECT * FROM done
+    SELECT id FROM done
     """
-    return text(sql).columns(*(column(c.key, c.type) for c in PUBLIC_JOB_COLUMNS))
+    )
 
 
+def completed_view(claim: ClaimedJob, result: CallResult, now: datetime) -> SimpleNamespace:
+    """The job as :func:`complete_job` leaves it, from the claim and the result: what
+    ``job_public`` (the status and the webhook payload) needs, without reading the row back."""
+    cost = result.cost_usd
+    if cost is not None:  # as the numeric(18, 8) column will hold it
+        cost = cost.quantize(_COST_STEP, rounding=ROUND_HALF_UP)
+    return SimpleNamespace(
+        **{
+            **_UNSET_JOB,
+            "id": claim.job_id,
+            "tenant_id": claim.tenant_id,
+            "status": JobStatus.COMPLETED.value,
+            "model": claim.requested_model,
+            "current_model": claim.current_model,
+            "served_by": result.served_by,
+            "route_reason": claim.route_reason,
+            "created_at": claim.created_at,
+            "started_at": claim.started_at,
+            "completed_at": now,
+            "updated_at": now,
+            "attempts": claim.attempt_number,
+            "progress": 1.0,
+            "result_text": result.text,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "cost_usd": cost,
+            "metadata_": claim.metadata,
+            "webhook_url": claim.webhook_url,
+            "cached": result.cached,
+            "degraded": result.degraded,
+            "fallbacks": claim.fallbacks,
+        },
+    )
+
+
+_COST_STEP = Decimal("0.00000001")
 _COMPLETE_FROM_ARRAYS = _complete_from_arrays()
 
 
@@ -583,53 +685,56 @@ def complete_jobs(
     session: Session, completions: list[Completion], now: datetime, *, send_now: SendNow | None = None
 ) -> list[TransitionResult]:
     """:func:`complete_job` for a batch, one result per completion in the same order. On Postgres
-    the batch takes two statements whatever its size (the jobs and attempts, then the webhook
-    events), so a worker finishing many calls at once spends one round trip on them, not four
-    per job."""
+    the whole batch is one statement, whatever its size (jobs, attempts and webhook events), so a
+    worker finishing many calls at once spends one round trip on them, not four per job."""
     if session.get_bind().dialect.name != "postgresql":
         return [complete_job(session, c.claim, c.result, now, send_now=send_now) for c in completions]
-    rows = session.execute(
-        _COMPLETE_FROM_ARRAYS,
+    views = [completed_view(c.claim, c.result, now) for c in completions]
+    events = [_event_row(view, JobStatus.COMPLETED, now, send_now) for view in views]
+    rows = [
         {
-            **as_arrays(
-                [
-                    {
-                        "id": c.claim.job_id,
-                        "token": c.claim.lease_token,
-                        "number": c.claim.attempt_number,
-                        "result_text": c.result.text,
-                        "finish_reason": c.result.finish_reason,
-                        "prompt_tokens": c.result.prompt_tokens,
-                        "completion_tokens": c.result.completion_tokens,
-                        "cost_usd": c.result.cost_usd,
-                        "served_by": c.result.served_by,
-                        "cached": c.result.cached,
-                        "degraded": c.result.degraded,
-                        "outcome": _success_outcome(c.result).value,
-                        "http_status": c.result.http_status,
-                        "latency_ms": c.result.latency_ms,
-                    }
-                    for c in completions
-                ]
-            ),
-            "now": now,
-        },
-    ).all()
-    ended = {row.id: row for row in rows}
+            "id": c.claim.job_id,
+            "token": c.claim.lease_token,
+            "number": c.claim.attempt_number,
+            "result_text": c.result.text,
+            "finish_reason": c.result.finish_reason,
+            "prompt_tokens": c.result.prompt_tokens,
+            "completion_tokens": c.result.completion_tokens,
+            "cost_usd": view.cost_usd,
+            "served_by": c.result.served_by,
+            "cached": c.result.cached,
+            "degraded": c.result.degraded,
+            "outcome": _success_outcome(c.result).value,
+            "http_status": c.result.http_status,
+            "latency_ms": c.result.latency_ms,
+            "tenant_id": c.claim.tenant_id,
+            "event_id": event["id"] if event else None,
+            "url": event["url"] if event else None,
+            "payload": event["payload"] if event else None,
+        }
+        for c, view, event in zip(completions, views, events, strict=True)
+    ]
+    first_attempt = _first_attempt(now, send_now)
+    completed = set(
+        session.scalars(
+            _COMPLETE_FROM_ARRAYS,
+            {
+                **as_arrays(rows),
+                "now": now,
+                "event_attempts": first_attempt[0],
+                "event_due": first_attempt[1],
+            },
+        )
+    )
     results: list[TransitionResult] = []
-    events: list[dict[str, Any]] = []
-    for c in completions:
-        job = ended.get(c.claim.job_id)
-        if job is None:
+    for c, view, event in zip(completions, views, events, strict=True):
+        if c.claim.job_id not in completed:
             results.append(TransitionResult(job=None, applied=False))
             continue
-        result = TransitionResult(job=job, applied=True)
-        event = _event_for(session, result, JobStatus.COMPLETED, now, send_now)
+        result = TransitionResult(job=view, applied=True)
         if event is not None:
-            events.append(event)
+            _list_event(session, result, event, send_now)
         results.append(result)
-    if events:
-        session.execute(INSERT_EVENT, events)
     return results
 
 
@@ -839,40 +944,50 @@ def _ended(
     if job is None:
         job = session.execute(select(*JOB_COLUMNS).where(JOBS.c.id == job_id)).one()
     result = TransitionResult(job=job, applied=True)
-    event = _event_for(session, result, status, now, send_now)
+    event = _event_row(job, status, now, send_now)
     if event is not None:
         session.execute(INSERT_EVENT, event)
+        _list_event(session, result, event, send_now)
     return result
 
 
-def _event_for(
-    session: Session, ended: TransitionResult, status: JobStatus, now: datetime, send_now: SendNow | None
-) -> dict[str, Any] | None:
-    """The webhook event row of a job that just ended, if it has a webhook; listed in ``ended``
-    for the queue, or claimed for the caller to send (``send_now``)."""
-    job = ended.job
+def _first_attempt(now: datetime, send_now: SendNow | None) -> tuple[int, datetime]:
+    """A new event's ``attempts`` and ``next_attempt_at``: due now for the webhooks queue, or
+    already claimed for the caller's own first attempt."""
+    if send_now is None:
+        return 0, now
+    return 1, now + timedelta(seconds=send_now.hold_s)
+
+
+def _event_row(job: Any, status: JobStatus, now: datetime, send_now: SendNow | None) -> dict[str, Any] | None:
+    """The webhook event row of a job that just ended, if it has a webhook."""
     if not job.webhook_url:
         return None
-    event_id = new_id("msg_")
-    payload = json.dumps(
-        {"type": EVENT_TYPES[status], "timestamp": isoformat(now), "data": job_public(job)},
-        separators=(",", ":"),
-    )
-    if send_now is None:
-        ended.event_ids.append(event_id)
-    else:
-        secret = send_now.secret(session, job.tenant_id)
-        ended.events.append(EventToSend(event_id, job.webhook_url, payload, secret, attempt=1))
+    attempts, due = _first_attempt(now, send_now)
     return {
-        "id": event_id,
+        "id": new_id("msg_"),
         "job_id": job.id,
         "tenant_id": job.tenant_id,
         "type": EVENT_TYPES[status],
         "url": job.webhook_url,
-        "payload": payload,
+        "payload": json.dumps(
+            {"type": EVENT_TYPES[status], "timestamp": isoformat(now), "data": job_public(job)},
+            separators=(",", ":"),
+        ),
         "status": WebhookEventStatus.PENDING.value,
-        "attempts": 0 if send_now is None else 1,
-        "next_attempt_at": now if send_now is None else now + timedelta(seconds=send_now.hold_s),
+        "attempts": attempts,
+        "next_attempt_at": due,
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _list_event(
+    session: Session, ended: TransitionResult, event: dict[str, Any], send_now: SendNow | None
+) -> None:
+    """List a written event in the result: for the webhooks queue, or claimed for the caller."""
+    if send_now is None:
+        ended.event_ids.append(event["id"])
+    else:
+        secret = send_now.secret(session, event["tenant_id"])
+        ended.events.append(EventToSend(event["id"], event["url"], event["payload"], secret, attempt=1))

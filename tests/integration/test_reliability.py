@@ -15,7 +15,8 @@ from sqlalchemy import update
 
 from llmq.models.base import utcnow
 from llmq.models.db import Database
-from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent
+from llmq.models.state import AttemptOutcome
+from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent, job_public
 from llmq.models.tenants import IssuedKey
 from llmq.models.transitions import (
     CallResult,
@@ -25,6 +26,7 @@ from llmq.models.transitions import (
     claim_job,
     complete_jobs,
     create_job,
+    park_job,
     record_attempt,
 )
 from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
@@ -304,7 +306,8 @@ def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, databas
                 session, job.id, lease_token=secrets.token_hex(8), lease_s=600, worker="w", now=now
             )
             assert claim is not None
-            claims.append(record_attempt(session, claim, model="openai/batch", now=now))
+            route = "rerouted for the test" if not claims else None  # carried into the payload
+            claims.append(record_attempt(session, claim, model="openai/batch", now=now, route_reason=route))
         # the second job's lease was taken over: its answer must be discarded
         session.execute(update(Job).where(Job.id == claims[1].job_id).values(lease_token="someone-else"))
     results = [
@@ -314,7 +317,7 @@ def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, databas
             prompt_tokens=3,
             completion_tokens=n + 1,
             served_by="openai/batch",
-            cost_usd=Decimal("0.00012"),
+            cost_usd=Decimal("0.000123456789"),  # more digits than the column keeps
             latency_ms=40 + n,
         )
         for n in range(3)
@@ -343,7 +346,7 @@ def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, databas
         "completed",
         "answer 0",
         4,
-        Decimal("0.00012"),
+        Decimal("0.00012346"),
     )
     assert first.lease_token is None and first.completed_at == done and first.progress == 1.0
     assert (taken.status, taken.result_text) == ("processing", None)
@@ -354,5 +357,65 @@ def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, databas
         (sent.event_id, first.id, 1, "pending")
     ]
     payload = json.loads(events[0].payload)
-    assert payload["type"] == "job.completed" and payload["data"]["id"] == first.id
-    assert payload["data"]["result"]["text"] == "answer 0" and payload["data"]["status"] == "completed"
+    assert payload["type"] == "job.completed" and payload["data"]["result"]["text"] == "answer 0"
+    # the payload is built from the claim and the result, not read back: it must be the job as stored
+    assert payload["data"] == json.loads(json.dumps(job_public(first)))
+    assert (
+        payload["data"]["route_reason"] == "rerouted for the test"
+        and payload["data"]["cost_usd"] == 0.00012346
+    )
+    assert ended[2].job is not None and job_public(ended[2].job) == job_public(third)
+
+
+def test_a_claim_opens_the_attempt_and_the_gate_corrects_or_removes_it(
+    tenant: IssuedKey, database: Database
+) -> None:
+    """On Postgres the claim writes the attempt row in the same statement, for the model the job is
+    on. When the gate sends the call elsewhere the row follows; when it parks the job the row goes
+    (a parked job has made no attempt); a cache hit closes it at once."""
+    now = utcnow()
+    new = NewJob(model="openai/first", messages=[{"role": "user", "content": "hi"}])
+    with database.transaction() as session:
+        ids = [
+            create_job(session, tenant_id=tenant.tenant_id, new=new, now=now, max_attempts=5)[0].id
+            for _ in range(3)
+        ]
+        claims = [
+            claim_job(session, job_id, lease_token=secrets.token_hex(8), lease_s=600, worker="w1", now=now)
+            for job_id in ids
+        ]
+        assert all(c is not None and c.attempt_opened for c in claims)
+        rerouted, parked, cached = claims
+        assert rerouted is not None and parked is not None and cached is not None
+        rerouted = record_attempt(
+            session, rerouted, model="anthropic/second", now=now, route_reason="breaker open"
+        )
+        park_job(
+            session, parked, now=now, until=now + timedelta(seconds=30), reason="rate_limited", enqueued=False
+        )
+        record_attempt(session, cached, model="openai/first", now=now, outcome=AttemptOutcome.CACHED)
+    with database.session() as session:
+        attempts = {a.job_id: a for a in session.query(Attempt).filter(Attempt.job_id.in_(ids))}
+        jobs = {j.id: j for j in session.query(Job).filter(Job.id.in_(ids))}
+    first = attempts[ids[0]]
+    assert (first.number, first.provider, first.model, first.worker, first.outcome) == (
+        1,
+        "anthropic",
+        "anthropic/second",
+        "w1",
+        "running",
+    )
+    assert first.started_at == now and first.ended_at is None
+    assert (jobs[ids[0]].current_model, jobs[ids[0]].route_reason) == ("anthropic/second", "breaker open")
+    assert rerouted.model == "anthropic/second" and rerouted.route_reason == "breaker open"
+    assert ids[1] not in attempts
+    assert (jobs[ids[1]].status, jobs[ids[1]].attempts, jobs[ids[1]].wait_reason) == (
+        "queued",
+        0,
+        "rate_limited",
+    )
+    assert (attempts[ids[2]].model, attempts[ids[2]].outcome, attempts[ids[2]].ended_at) == (
+        "openai/first",
+        "cached",
+        now,
+    )
