@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     provider_connect_timeout_s: float = 5.0
     provider_max_connections: int = 1500  # per provider per process: at least worker_max_in_flight
     # Calls stream, so a long generation shows its progress and partial text while it runs;
-    # progress is written to the database at most once per progress_interval_s per job.
+    # progress is written to Redis (not the job's row) at most once per progress_interval_s.
     stream: bool = True
     progress_interval_s: float = 1.0
 

@@ -28,6 +28,7 @@ from llmq.models.transitions import (
 from llmq.models.webhook_events import events_for_job, schedule_redelivery
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
 from llmq.workers.inflight import publish_cancel
+from llmq.workers.progress import show_live_progress
 from llmq.workers.ssrf import BlockedDestination, check_at_submit
 
 logger = structlog.get_logger(__name__)
@@ -142,9 +143,12 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 def read(job_id: str) -> Response:
     with _db().session() as session:
         try:
-            return jsonify(job_public(get_job(session, g.tenant.id, job_id)))
+            job = get_job(session, g.tenant.id, job_id)
         except JobNotFound:
             raise ApiError(404, f"no job {job_id!r}") from None
+        view = job_public(job)
+    show_live_progress(current_app.extensions["llmq.redis"], [(job, view)])
+    return jsonify(view)
 
 
 @bp.get("/status/<job_id>")
@@ -257,10 +261,12 @@ def list_jobs() -> Response:
     has_more = len(jobs) > query.limit
     jobs = jobs[: query.limit]
     next_cursor = _encode_cursor(jobs[-1]) if has_more else None
+    views = [job_public(j) for j in jobs]
+    show_live_progress(current_app.extensions["llmq.redis"], zip(jobs, views, strict=True))
     return jsonify(
         {
             "object": "list",
-            "data": [job_public(j) for j in jobs],
+            "data": views,
             "has_more": has_more,
             "next_cursor": next_cursor,
         }

@@ -1,49 +1,35 @@
-"""Throttled progress writes for streamed calls.
+"""Progress of streamed calls: kept in Redis while the call runs, read by the API.
 
-A streaming call reports its text so far on every chunk; writing each one would cost a database
-round trip per token. Reports are kept in memory instead and written every ``interval_s`` in one
-UPDATE per flush (on Postgres a single ``UPDATE … FROM unnest(arrays)`` for every job in flight),
-each row guarded by the job's lease so that nothing is written to a job that ended, was
-cancelled or was taken over in between.
+A streaming call reports its text so far on every chunk. The reports are kept in memory and
+written every ``interval_s``, all of a process's in one Redis pipeline, under
+``llmq:progress:<job id>`` with the lease token of the attempt that wrote them. They live in
+Redis, not in the job's row: with a thousand calls in flight, a row update per job per second was
+the largest single cost of the database and held row locks the completions then waited on
+(measured in BENCHMARKS.md). Progress is worth nothing once the job ends, so nothing durable is
+lost; the job's row keeps its final ``progress`` and clears ``partial_text`` as before.
+
+The API shows a report only for a job that is ``processing`` under the same lease token: a report
+of an earlier attempt, or one written after the job ended, is never shown. Keys expire after
+``ttl_s`` (a lease) without a new report.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any
 
+import redis
 import structlog
-from sqlalchemy import Table, bindparam, text, update
 
-from llmq.models.db import Database, as_arrays
 from llmq.models.state import JobStatus
-from llmq.models.tables import Job
 
 logger = structlog.get_logger(__name__)
 
 MAX_PARTIAL_CHARS = 100_000
-
-# Postgres: every report in one statement of fixed shape (four arrays), prepared once.
-_UPDATE_FROM_ARRAYS = text(
-    """
-    UPDATE jobs SET progress = r.progress, partial_text = r.text
-    FROM unnest(CAST(:job_id AS text[]), CAST(:token AS text[]), CAST(:new_progress AS float8[]),
-                CAST(:new_text AS text[])) AS r(id, token, progress, text)
-    WHERE jobs.id = r.id AND jobs.lease_token = r.token AND jobs.status = 'processing'
-    """
-)
-# Other databases: the same update, once per report.
-_JOBS = cast(Table, Job.__table__)
-_UPDATE_EACH = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.status == JobStatus.PROCESSING.value,
-        _JOBS.c.lease_token == bindparam("token"),
-    )
-    .values(progress=bindparam("new_progress"), partial_text=bindparam("new_text"))
-)
+_KEY = "llmq:progress:{}"
 
 
 @dataclass
@@ -54,10 +40,11 @@ class _Report:
 
 
 class ProgressWriter(threading.Thread):
-    def __init__(self, db: Database, interval_s: float = 1.0) -> None:
+    def __init__(self, client: redis.Redis, interval_s: float = 1.0, ttl_s: float = 60.0) -> None:
         super().__init__(name="llmq-progress-writer", daemon=True)
-        self.db = db
+        self.client = client
         self.interval_s = interval_s
+        self.ttl_ms = max(1, int(ttl_s * 1000))
         self._lock = threading.Lock()
         self._pending: dict[str, _Report] = {}
         self._stop = threading.Event()
@@ -76,7 +63,7 @@ class ProgressWriter(threading.Thread):
         while not self._stop.wait(self.interval_s):
             try:
                 self.flush()
-            except Exception as exc:  # the database may be briefly away; the next flush catches up
+            except redis.RedisError as exc:  # Redis may be briefly away; the next flush catches up
                 logger.warning("progress_flush_failed", error=type(exc).__name__)
 
     def flush(self) -> int:
@@ -84,21 +71,35 @@ class ProgressWriter(threading.Thread):
             batch, self._pending = self._pending, {}
         if not batch:
             return 0
-        rows = [
-            {
-                "job_id": job_id,
-                "token": r.lease_token,
-                "new_progress": r.progress,
-                "new_text": r.text[-MAX_PARTIAL_CHARS:],
-            }
-            for job_id, r in batch.items()
-        ]
-        with self.db.transaction() as session:
-            if self.db.engine.dialect.name == "postgresql":
-                session.execute(_UPDATE_FROM_ARRAYS, as_arrays(rows))
-            else:
-                session.execute(_UPDATE_EACH, rows)
-        return len(rows)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, r in batch.items():
+            value = json.dumps(
+                {"token": r.lease_token, "progress": r.progress, "text": r.text[-MAX_PARTIAL_CHARS:]}
+            )
+            pipe.set(_KEY.format(job_id), value, px=self.ttl_ms)
+        pipe.execute()
+        return len(batch)
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def show_live_progress(client: redis.Redis, jobs: Iterable[tuple[Any, dict[str, Any]]]) -> None:
+    """Put the running jobs' latest reports into their public views: ``jobs`` pairs each job
+    (with its ``lease_token``) with its ``job_public`` dict. Without Redis the views keep what
+    the row says."""
+    running = [(job, view) for job, view in jobs if job.status == JobStatus.PROCESSING.value]
+    if not running:
+        return
+    try:
+        values = client.mget([_KEY.format(job.id) for job, _ in running])
+    except redis.RedisError as exc:
+        logger.warning("progress_read_failed", error=type(exc).__name__)
+        return
+    for (job, view), value in zip(running, values, strict=True):
+        if value is None:
+            continue
+        report = json.loads(value)
+        if report.get("token") == job.lease_token:
+            view["progress"] = report["progress"]
+            view["partial_text"] = report["text"]

@@ -94,7 +94,7 @@ class WorkerRuntime:
         self.lease_keeper.start()
         self.cancel_listener = CancelListener(settings.broker_url, self.inflight)
         self.cancel_listener.start()
-        self.progress = ProgressWriter(self.db, settings.progress_interval_s)
+        self.progress = ProgressWriter(self.redis, settings.progress_interval_s, ttl_s=settings.lease_s)
         self.progress.start()
         for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
             self.registry.resolve(f"{name}/warm-up")
