@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 import structlog
 
+from llmq.heap import keep_startup_heap_out_of_gc
 from llmq.models.db import Database
 from llmq.models.transitions import CallResult, ClaimedJob, SendNow
 from llmq.models.webhook_events import EventToSend
@@ -98,6 +99,7 @@ class WorkerRuntime:
         self.progress.start()
         for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
             self.registry.resolve(f"{name}/warm-up")
+        keep_startup_heap_out_of_gc()
 
     def _record_completions(self, batch: list[tuple[ClaimedJob, Go, CallResult]]) -> None:
         from llmq.tasks.generate import record_completions  # the task module imports this one

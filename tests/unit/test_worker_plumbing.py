@@ -120,3 +120,27 @@ async def _events(*chunks: bytes) -> list[bytes]:
 )
 def test_sse_data_yields_the_data_of_each_event(chunks: list[bytes], expected: list[bytes]) -> None:
     assert asyncio.run(_events(*chunks)) == expected
+
+
+def test_the_startup_heap_is_kept_out_of_gc_and_later_garbage_is_still_collected() -> None:
+    import gc
+    import weakref
+
+    from llmq.heap import keep_startup_heap_out_of_gc
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the collector frees it
+
+    try:
+        keep_startup_heap_out_of_gc()
+        assert gc.get_freeze_count() > 1000
+        before = len(gc.get_objects())
+        later = Node()
+        gone = weakref.ref(later)
+        del later
+        gc.collect()
+        assert gone() is None, "a cycle made after the freeze is still collected"
+        assert len(gc.get_objects()) <= before + 100  # the frozen heap is not walked again
+    finally:
+        gc.unfreeze()
