@@ -213,19 +213,20 @@ def api(workers: int | None) -> None:
 @main.command()
 @click.option("--queues", "-Q", default="llm", show_default=True, help="llm, webhooks, or both: llm,webhooks")
 @click.option("--concurrency", "-c", type=int, default=None)
-@click.option("--pool", "-P", default=None, help="Celery pool [default: solo for llm, threads otherwise]")
+@click.option("--pool", "-P", default=None, help="Celery pool [default: threads]")
 @click.option("--name", "-n", default=None)
 def worker(queues: str, concurrency: int | None, pool: str | None, name: str | None) -> None:
     """Run a Celery worker.
 
-    The LLM worker's pool is ``solo`` by default: a task only claims its job and starts the call
-    on the process's event loop (a few milliseconds), so one thread serves every job, and
-    a thousand calls wait as coroutines, not threads. The webhooks queue uses threads: a retry
-    waits on its receiver."""
+    The pool is ``threads``. An LLM worker's task only claims its job and starts the call on the
+    process's event loop, so a few pool threads (``LLMQ_WORKER_CONCURRENCY``, 4) serve every job
+    and a thousand calls wait as coroutines, not threads; the threads are there so that one job's
+    database and Redis round trips overlap another's. The webhooks queue's threads wait on
+    receivers."""
     settings = get_settings()
     _check_providers_file(settings.providers_file)
     if pool is None:
-        pool = "solo" if queues == "llm" else "threads"
+        pool = "threads"
     if concurrency is None:
         concurrency = (
             settings.webhook_worker_concurrency if queues == "webhooks" else settings.worker_concurrency

@@ -28,7 +28,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
 @click.option("--latency", type=float, default=2.0, show_default=True, help="Simulator mean latency, s.")
 @click.option("--jitter", type=float, default=0.0, show_default=True, help="Simulator uniform ± jitter, s.")
 @click.option(
-    "--worker-concurrency", "-c", type=int, default=None, help="LLMQ_WORKER_CONCURRENCY (default 100)."
+    "--worker-concurrency", "-c", type=int, default=None, help="LLMQ_WORKER_CONCURRENCY (default 4)."
 )
 @click.option(
     "--workers",
@@ -41,9 +41,9 @@ def _interrupt(signum: int, _frame: Any) -> None:
 @click.option(
     "--pool",
     "-P",
-    default="solo",
+    default="threads",
     show_default=True,
-    help="Celery pool of the LLM workers (solo, threads, prefork, gevent, ...).",
+    help="Celery pool of the LLM workers (threads as deployed; solo, prefork, gevent, ...).",
 )
 @click.option("--api-workers", type=int, default=2, show_default=True, help="gunicorn workers of the API.")
 @click.option("--webhook-concurrency", type=int, default=None, help="Webhook worker threads (default 20).")

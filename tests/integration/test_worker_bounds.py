@@ -1,6 +1,6 @@
-"""An LLM worker as deployed (``llmq worker --queues llm``: the solo pool and its event loop) keeps
-at most ``LLMQ_WORKER_MAX_IN_FLIGHT`` calls in flight, takes the rest as room frees up, and sends
-the first webhook attempt itself: no webhook worker runs here."""
+"""An LLM worker as deployed (``llmq worker --queues llm``: a few pool threads and one event
+loop) keeps at most ``LLMQ_WORKER_MAX_IN_FLIGHT`` calls in flight, takes the rest as room frees
+up, and sends the first webhook attempt itself: no webhook worker runs here."""
 
 from __future__ import annotations
 
