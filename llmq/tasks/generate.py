@@ -8,11 +8,13 @@ Two short transactions and no session, lock or thread held across the provider c
    call has started, so its message is acked and its pool thread takes the next job: a call in
    flight costs a coroutine, not a thread. From here on the job's lease is what makes it safe: a
    worker that dies stops renewing it, and the sweeper gives the job to another worker.
-2. when the call ends, a finisher thread (``WorkerRuntime.finishers``) records it: complete,
-   retry, move to a fallback, degrade or fail (``workers/policy.py``), each a compare-and-set on
-   the lease token, so a cancelled or taken-over job discards a late answer. Then it sends the
-   first attempt of the job's webhook on the event loop (``workers/webhook_sender.py``); retries go
-   to the ``webhooks`` queue.
+2. when the call ends, a finisher thread (``WorkerRuntime.finishers``) gives back what the gate
+   took and records it: a success is handed to the completion writer (``WorkerRuntime.completions``,
+   on Postgres), which completes every call that ended meanwhile in one statement; a retry, a move
+   to a fallback, a degraded answer or a failure (``workers/policy.py``) the finisher records
+   itself. Each is a compare-and-set on the lease token, so a cancelled or taken-over job discards
+   a late answer. Then the first attempt of the job's webhook goes out on the event loop
+   (``workers/webhook_sender.py``); retries go to the ``webhooks`` queue.
 
 A process keeps at most ``LLMQ_WORKER_MAX_IN_FLIGHT`` calls started and not yet recorded; when it
 is full, its pool threads wait before taking a job, and the broker keeps the rest.
