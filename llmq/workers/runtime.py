@@ -79,7 +79,7 @@ class WorkerRuntime:
             on_written=self.webhook_sends.give,
         )
         self.delivery_recorder.start()
-        # Successful calls are recorded in batches on Postgres (two statements per batch, see
+        # Successful calls are recorded in batches on Postgres (one statement per batch, see
         # complete_jobs); elsewhere each finisher records its own.
         self.completions: BatchWriter[tuple[ClaimedJob, Go, CallResult]] | None = None
         if self.db.engine.dialect.name == "postgresql":

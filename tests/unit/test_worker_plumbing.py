@@ -116,6 +116,8 @@ async def _events(*chunks: bytes) -> list[bytes]:
         ([b"da", b'ta: {"a"', b":1}\n", b"\nda", b"ta: 2\n\n"], [b'{"a":1}', b"2"]),
         # CRLF and CR line ends, a CRLF split between two reads
         ([b"data: a\r", b"\n\r\ndata: b\r\rdata: c\r\n\r\n"], [b"a", b"b", b"c"]),
+        # a body that ends on a CR, with more than one line in its last read
+        ([b"data: a\r\rdata: b\r"], [b"a", b"b"]),
     ],
 )
 def test_sse_data_yields_the_data_of_each_event(chunks: list[bytes], expected: list[bytes]) -> None:

@@ -86,26 +86,34 @@ async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     share of a worker's CPU. Lines end in LF, CRLF or CR, as the SSE format allows.
     """
     data: list[bytes] = []
+
+    def feed(line: bytes) -> bytes | None:
+        if not line:  # a blank line ends the event
+            event = b"\n".join(data) if data else None
+            data.clear()
+            return event
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        return None
+
     pending = b""
     async for chunk in chunks:
         pending += chunk
-        if b"\r" in pending:
-            if pending.endswith(b"\r"):  # may be the first half of a CRLF split across chunks
-                continue
-            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *lines, pending = pending.split(b"\n")
+        if pending.endswith(b"\r"):  # may be the first half of a CRLF split across reads
+            continue
+        *lines, pending = _split_lines(pending)
         for line in lines:
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-    if pending.startswith(b"data:"):
-        pending = pending.rstrip(b"\r")
-        data.append(pending[6:] if pending.startswith(b"data: ") else pending[5:])
-    if data:
-        yield b"\n".join(data)
+            if (event := feed(line)) is not None:
+                yield event
+    for line in [*_split_lines(pending), b""]:  # the body may end without a blank line
+        if (event := feed(line)) is not None:
+            yield event
+
+
+def _split_lines(buffer: bytes) -> list[bytes]:
+    if b"\r" in buffer:
+        buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return buffer.split(b"\n")
 
 
 async def with_deadline(call: Awaitable[T], timeout_s: float, *, provider: str) -> T:
