@@ -4,30 +4,19 @@ the machine's real Redis (database 14) with real threads."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from llmq.workers.breaker import BreakerDecision, CircuitBreakers
 from llmq.workers.pricing import BreakerConfig, BreakerOverrides, ModelConfig, ProvidersConfig
+from tests.unit.conftest import REDIS_URL
 
-REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL", "redis://127.0.0.1:6379/14")
 MODEL = "sim/primary"
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def rdb() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def breakers(client: redis.Redis, **kwargs: float) -> CircuitBreakers:

@@ -3,9 +3,7 @@ Redis with a TTL) against the machine's real Redis (database 14)."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -15,21 +13,12 @@ from redis.retry import Retry
 
 from llmq.workers.cache import CachedAnswer, ResponseCache, cache_key
 from llmq.workers.pricing import CacheConfig
+from tests.unit.conftest import REDIS_URL
 
-REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL", "redis://127.0.0.1:6379/14")
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
 PARAMS = {"max_tokens": 64, "temperature": 0}
 M = "openai/gpt-4o-mini"
 ANSWER = CachedAnswer("Paris.", "stop", 12, 2, "openai/gpt-4o-mini")
-
-
-@pytest.fixture
-def rdb() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 # --- keys (no Redis) ---------------------------------------------------------------------------

@@ -3,26 +3,12 @@ writes, and what the API shows of it."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 import redis
 
 from llmq.workers.progress import MAX_PARTIAL_CHARS, ProgressWriter, show_live_progress
-
-REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-@pytest.fixture
-def rdb() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def _view(job_id: str, status: str = "processing", token: str | None = "tok-1") -> tuple[Any, dict[str, Any]]:

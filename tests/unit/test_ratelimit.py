@@ -4,11 +4,9 @@ against the machine's real Redis (database 14), hammered by real threads and pro
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,17 +20,7 @@ from llmq.workers.ratelimit import (
     estimate_input_tokens,
     estimate_tokens,
 )
-
-REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-@pytest.fixture
-def rdb() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+from tests.unit.conftest import REDIS_URL
 
 
 def limiter(client: redis.Redis, window_s: float, **models: ModelConfig) -> RateLimiter:
