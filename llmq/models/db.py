@@ -93,6 +93,12 @@ def is_database_outage(exc: BaseException) -> bool:
     )
 
 
+def on_postgres(session: Session) -> bool:
+    """Whether the session's database is Postgres, where a batch is written with one statement of
+    arrays (``unnest``, data-modifying CTEs); other databases take one statement per row."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def as_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Rows as one list per column: the parameters of a Postgres ``unnest(...)`` statement that
     writes a whole batch at once."""

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat, new_id
-from llmq.models.db import as_arrays
+from llmq.models.db import as_arrays, on_postgres
 from llmq.models.state import ACTIVE_STATUSES, AttemptOutcome, JobStatus, WebhookEventStatus
 from llmq.models.tables import Attempt, Job, Tenant, WebhookEvent, job_public
 from llmq.models.webhook_events import EventToSend
@@ -383,7 +383,7 @@ def claim_job(
 
     The attempt is counted here; the caller then either records it with :func:`record_attempt`
     (the call goes ahead, in the same transaction) or takes it back with :func:`park_job`."""
-    opens_attempt = session.get_bind().dialect.name == "postgresql"
+    opens_attempt = on_postgres(session)
     row = session.execute(
         CLAIM_AND_OPEN_ATTEMPT if opens_attempt else CLAIM_JOB,
         {
@@ -687,7 +687,7 @@ def complete_jobs(
     """:func:`complete_job` for a batch, one result per completion in the same order. On Postgres
     the whole batch is one statement, whatever its size (jobs, attempts and webhook events), so a
     worker finishing many calls at once spends one round trip on them, not four per job."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not on_postgres(session):
         return [complete_job(session, c.claim, c.result, now, send_now=send_now) for c in completions]
     views = [completed_view(c.claim, c.result, now) for c in completions]
     events = [_event_row(view, JobStatus.COMPLETED, now, send_now) for view in views]

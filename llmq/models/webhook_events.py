@@ -14,7 +14,7 @@ from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
-from llmq.models.db import as_arrays
+from llmq.models.db import as_arrays, on_postgres
 from llmq.models.state import WebhookEventStatus
 from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
 
@@ -142,7 +142,7 @@ def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[s
         }
         for r in records
     ]
-    if len(records) > 1 and session.get_bind().dialect.name == "postgresql":
+    if len(records) > 1 and on_postgres(session):
         # A batch: one statement each for the rows and the events, whatever the batch's size.
         session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, as_arrays(deliveries))
         session.execute(_MOVE_EVENTS_FROM_ARRAYS, as_arrays(moves))
