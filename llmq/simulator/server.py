@@ -264,25 +264,23 @@ async def _stream(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    for frame in head:
-        await response.write(frame)
     delay = latency / max(len(pieces), 1)
     if delay == 0 and stop_after is None:  # nothing to spread: the whole body in one write
         await response.write(b"".join([*head, *pieces, *tail]))
-        await response.write_eof()
-        outcome.status = 200
-        return response
-    if not pieces:
-        await asyncio.sleep(latency)
-    for i, frame in enumerate(pieces):
-        if stop_after is not None and i >= stop_after:
+    else:
+        for frame in head:
+            await response.write(frame)
+        if not pieces:
+            await asyncio.sleep(latency)
+        for i, frame in enumerate(pieces):
+            if stop_after is not None and i >= stop_after:
+                return await _drop(request, outcome, response)
+            await asyncio.sleep(delay)
+            await response.write(frame)
+        if stop_after is not None:
             return await _drop(request, outcome, response)
-        await asyncio.sleep(delay)
-        await response.write(frame)
-    if stop_after is not None:
-        return await _drop(request, outcome, response)
-    for frame in tail:
-        await response.write(frame)
+        for frame in tail:
+            await response.write(frame)
     await response.write_eof()
     outcome.status = 200
     return response

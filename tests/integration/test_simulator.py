@@ -115,6 +115,20 @@ def test_openai_stream_without_include_usage_ends_with_length(oai: openai.OpenAI
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Simulated answer to:"
 
 
+def test_a_stream_at_zero_latency_is_the_same_frames_in_one_write(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, sim: BackgroundSimulator, model: str
+) -> None:
+    script(sim, model, [{"fault": "ok", "latency": 0}, {"fault": "ok", "latency": 0}])
+    chunks = list(oai.chat.completions.create(model=model, messages=OAI_USER, stream=True))
+    assert [c.choices[0].delta.role for c in chunks if c.choices[0].delta.role] == ["assistant"]
+    assert len([c for c in chunks if c.choices[0].delta.content]) == 12
+    events = [
+        e.type for e in claude.messages.create(model=model, max_tokens=100, messages=CLAUDE_USER, stream=True)
+    ]
+    assert events.count("message_start") == 1 and events.count("content_block_delta") == 12
+    assert events[-1] == "message_stop"
+
+
 def test_anthropic_answer_is_a_message_with_usage(claude: anthropic.Anthropic, model: str) -> None:
     message = claude.messages.create(model=model, max_tokens=100, system="Be brief.", messages=CLAUDE_USER)
     assert message.id.startswith("msg_") and message.type == "message"
