@@ -119,9 +119,11 @@ class Settings(BaseSettings):
     # A worker renews the lease of each job it runs every lease_s/3; a job whose lease expired
     # (its worker was SIGKILLed, its host lost) goes back to the queue at the next sweep.
     lease_s: float = 60.0
-    # A queued job enqueued longer ago than this and not started is enqueued again (its broker
-    # message may be lost: Redis restarted empty, an API process died between commit and enqueue).
-    requeue_after_s: float = 300.0
+    # A queued job sent (and due) this much earlier than the oldest message still waiting on the
+    # broker, or than now when none waits, and still not started, is sent again: its message is
+    # lost (Redis restarted empty, a worker died holding it, a worker on another database took
+    # it). So a lost job starts within requeue_after_s + sweep_interval_s of its turn.
+    requeue_after_s: float = 10.0
     job_timeout_s: float = 3600.0  # deadline of a job that gives no timeout_s
     job_timeout_max_s: float = 86400.0
 

@@ -297,6 +297,10 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+def job_exists(session: Session, job_id: str) -> bool:
+    return session.scalar(select(JOBS.c.id).where(JOBS.c.id == job_id)) is not None
+
+
 # --- worker side ----------------------------------------------------------------------------------
 
 

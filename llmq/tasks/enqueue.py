@@ -1,13 +1,45 @@
-"""Putting work on the broker. Only ids travel; every task reloads what it needs."""
+"""Putting work on the broker, and reading how far the broker's line has come.
+
+Only ids travel; every task reloads what it needs. Each job message carries the time it was sent
+(header ``llmq_sent_at``), so that the sweeper can tell, from the oldest message still waiting in
+the ``llm`` list, which queued jobs the broker can no longer be carrying (see ``tasks/sweep.py``).
+"""
 
 from __future__ import annotations
 
+import json
+import time
+
+import redis
+
 from llmq.tasks.app import LLM_QUEUE, WEBHOOK_QUEUE, celery_app
+
+SENT_AT_HEADER = "llmq_sent_at"
 
 
 def enqueue_job(job_id: str, countdown: float | None = None) -> None:
-    celery_app.send_task("llmq.generate", args=[job_id], queue=LLM_QUEUE, countdown=countdown)
+    celery_app.send_task(
+        "llmq.generate",
+        args=[job_id],
+        queue=LLM_QUEUE,
+        countdown=countdown,
+        headers={SENT_AT_HEADER: time.time()},
+    )
 
 
 def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
     celery_app.send_task("llmq.deliver_webhook", args=[event_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
+def oldest_waiting_sent_at(client: redis.Redis, queue: str = LLM_QUEUE) -> float | None:
+    """When the oldest message still waiting in ``queue`` was sent (unix seconds), or ``None`` when
+    nothing waits. kombu's Redis transport LPUSHes and BRPOPs, so the oldest message is the
+    list's last element: one LINDEX, whatever the backlog. A message without the header (sent by
+    an older llmq) counts as sent now, which holds every re-send back until it has been taken."""
+    raw = client.lindex(queue, -1)
+    if raw is None:
+        return None
+    try:
+        return float(json.loads(raw)["headers"][SENT_AT_HEADER])
+    except (ValueError, KeyError, TypeError):
+        return time.time()

@@ -43,6 +43,7 @@ from llmq.models.transitions import (
     expire_overdue,
     fail_attempt,
     hand_back,
+    job_exists,
     park_job,
     record_attempt,
 )
@@ -275,8 +276,23 @@ def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
         _announce(rt, expired)
         logger.info("job_deadline_passed", job_id=job_id)
         return "failed"
+    if not _exists(rt, job_id):
+        # A message for a job this database never had: another llmq installation (another
+        # DATABASE_URL) shares this Redis database. Its own sweeper sends the job again.
+        logger.warning(
+            "job_unknown",
+            job_id=job_id,
+            hint="another llmq installation with another database uses this REDIS_URL; "
+            "give each installation its own Redis database",
+        )
+        return "unknown"
     logger.info("job_claim_skipped", job_id=job_id)
     return "skipped"
+
+
+def _exists(rt: WorkerRuntime, job_id: str) -> bool:
+    with rt.db.session() as session:
+        return job_exists(session, job_id)
 
 
 def _from_cache(answer: CachedAnswer) -> CallResult:

@@ -3,9 +3,14 @@ should be on the broker, put back where it is missing.
 
 - queued jobs never enqueued (the broker was down at submit) or parked for a long wait whose
   time has come (``enqueued_at`` is null);
-- queued jobs whose message was enqueued more than ``LLMQ_REQUEUE_AFTER_S`` ago and never started
-  (Redis restarted empty, a countdown lost): enqueued again — a duplicate message is harmless,
-  the claim is a compare-and-set;
+- queued jobs whose message the broker can no longer be carrying: sent, and due, more than
+  ``LLMQ_REQUEUE_AFTER_S`` before the oldest message still waiting in the ``llm`` list (or before
+  now, when the list is empty), and still not started. The list is first in, first out, so such a
+  message was taken by a worker that never claimed the job (it died holding it, or it reads
+  another database) or never reached Redis (Redis restarted empty). Sent again, they start within
+  ``LLMQ_REQUEUE_AFTER_S + LLMQ_SWEEP_INTERVAL_S`` of when they should have, however long the
+  backlog; a job still waiting behind the backlog is never sent twice. A duplicate message is
+  harmless anyway: the claim is a compare-and-set;
 - queued jobs past their deadline: failed with a ``timeout`` error;
 - jobs in ``processing`` whose lease expired (their worker died): back to ``queued``, the lost
   attempt recorded, or failed when no attempt is left;
@@ -16,7 +21,7 @@ A Redis lock keeps it to one sweep at a time, however many beats run.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 import structlog
@@ -28,7 +33,7 @@ from llmq.models.tables import Job
 from llmq.models.transitions import expire_overdue, recover_expired_lease
 from llmq.models.webhook_events import due_events
 from llmq.tasks.app import celery_app
-from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.tasks.enqueue import enqueue_job, enqueue_webhook, oldest_waiting_sent_at
 from llmq.workers.runtime import WorkerRuntime, get_runtime
 
 logger = structlog.get_logger(__name__)
@@ -37,10 +42,21 @@ EVENT_GRACE_S = 30.0
 BATCH = 500
 
 
+def line_position(rt: WorkerRuntime, now: datetime) -> datetime:
+    """How far the broker's ``llm`` line has come: when its oldest waiting message was sent, or
+    now when nothing waits."""
+    sent_at = oldest_waiting_sent_at(rt.redis)
+    if sent_at is None:
+        return now
+    return min(now, datetime.fromtimestamp(sent_at, UTC))
+
+
 def sweep(rt: WorkerRuntime) -> dict[str, int]:
     now = utcnow()
     counts = {"enqueued": 0, "leases_recovered": 0, "deadlines_passed": 0, "webhooks_enqueued": 0}
-    stale = now - timedelta(seconds=rt.settings.requeue_after_s)
+    requeue_after = timedelta(seconds=rt.settings.requeue_after_s)
+    # Read the line before the jobs: a job sent before its head and not started is not on the broker.
+    sent_before = line_position(rt, now) - requeue_after
     queued = Job.status == JobStatus.QUEUED.value
     with rt.db.transaction() as session:
         due = list(
@@ -59,8 +75,8 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
             select(Job.id)
             .where(
                 queued,
-                Job.enqueued_at < stale,
-                Job.next_attempt_at.is_(None) | (Job.next_attempt_at < stale),
+                Job.enqueued_at < sent_before,
+                Job.next_attempt_at.is_(None) | (Job.next_attempt_at < now - requeue_after),
             )
             .order_by(Job.enqueued_at)
             .limit(BATCH)
@@ -110,11 +126,12 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
             )
         if result.job is not None:  # out of attempts: failed, its event to send
             events.extend(result.event_ids)
-        elif result.applied:
-            requeue.append(job_id)
+        if result.applied:
+            counts["leases_recovered"] += 1
+            if result.job is None:
+                requeue.append(job_id)
     for job_id in requeue:
         enqueue_job(job_id)
-    counts["leases_recovered"] = len(expired)
 
     with rt.db.session() as session:
         events.extend(due_events(session, now=now - timedelta(seconds=EVENT_GRACE_S), limit=BATCH))

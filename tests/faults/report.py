@@ -22,6 +22,9 @@ SCENARIOS = {
     ),
     "test_a_sigterm_deploy_mid_load_loses_nothing_and_duplicates_nothing": "5. SIGTERM deploy",
     "test_twenty_concurrent_duplicates_with_one_idempotency_key_create_one_job": "6. idempotent burst",
+    "test_jobs_submitted_as_workers_come_up_and_across_a_restart_all_start_within_the_bound": (
+        "7. workers coming up, restart"
+    ),
 }
 
 

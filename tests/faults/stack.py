@@ -66,7 +66,6 @@ TIMINGS: dict[str, Any] = {
     "webhook_timeout_s": 5.0,
 }
 EXTRA_ENV = {
-    "LLMQ_REQUEUE_AFTER_S": "5",
     "LLMQ_WEBHOOK_ALLOW_PRIVATE": "true",
     "LLMQ_VISIBILITY_TIMEOUT_S": "3600",  # the production default: recovery must not wait for it
     "LLMQ_WEBHOOK_WORKER_CONCURRENCY": "20",

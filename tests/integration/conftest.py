@@ -73,7 +73,6 @@ def settings() -> Settings:
         webhook_timeout_s=3.0,
         sweep_interval_s=1.0,
         lease_s=6.0,
-        requeue_after_s=10.0,
         webhook_allow_private=True,
         progress_interval_s=0.3,
         worker_concurrency=20,
