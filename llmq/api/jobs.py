@@ -27,7 +27,7 @@ from llmq.models.transitions import (
 )
 from llmq.models.webhook_events import events_for_job, schedule_redelivery
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
-from llmq.workers.inflight import publish_cancel
+from llmq.tasks.inflight import publish_cancel
 from llmq.workers.progress import show_live_progress
 from llmq.workers.ssrf import BlockedDestination, check_at_submit
 

@@ -100,7 +100,7 @@ def configure_celery(settings: Settings) -> Celery:
 
 def _on_worker_process_init(**_: object) -> None:
     # A forked pool process must not reuse the parent's connections or its loop thread.
-    from llmq.workers.runtime import reset_runtime
+    from llmq.tasks.runtime import reset_runtime
 
     reset_runtime()
 
@@ -116,7 +116,7 @@ def _on_worker_init(**_: object) -> None:
 def _on_worker_ready(**_: object) -> None:
     # Build the runtime (database pool, provider clients, lease keeper) before the first job
     # arrives, so the first calls do not pay for it while their rate-limit admission ticks.
-    from llmq.workers.runtime import get_runtime
+    from llmq.tasks.runtime import get_runtime
 
     get_runtime()
 
@@ -125,7 +125,7 @@ def _on_worker_shutting_down(**_: object) -> None:
     # Warm shutdown (SIGTERM, a deploy): stop the calls in flight and wait until the finishers have
     # handed each job back to the queue, instead of holding the deploy up or waiting for a lease
     # to expire; webhook POSTs under way are given the same time to end and be recorded.
-    from llmq.workers.runtime import current_runtime
+    from llmq.tasks.runtime import current_runtime
 
     runtime = current_runtime()
     if runtime is not None:

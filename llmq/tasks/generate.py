@@ -2,7 +2,7 @@
 
 Two short transactions and no session, lock or thread held across the provider call:
 
-1. in the Celery task: claim (``queued → processing``) and the gate (``workers/gate.py``: route,
+1. in the Celery task: claim (``queued → processing``) and the gate (``tasks/gate.py``: route,
    cache, breakers, fleet-wide limits) — then either record the attempt and start the call on the
    process's event loop, answer from the cache, or park the job. The task returns as soon as the
    call has started, so its message is acked and its pool thread takes the next job: a call in
@@ -11,7 +11,7 @@ Two short transactions and no session, lock or thread held across the provider c
 2. when the call ends, a finisher thread (``WorkerRuntime.finishers``) gives back what the gate
    took and records it: a success is handed to the completion writer (``WorkerRuntime.completions``,
    on Postgres), which completes every call that ended meanwhile in one statement; a retry, a move
-   to a fallback, a degraded answer or a failure (``workers/policy.py``) the finisher records
+   to a fallback, a degraded answer or a failure (``tasks/policy.py``) the finisher records
    itself. Each is a compare-and-set on the lease token, so a cancelled or taken-over job discards
    a late answer. Then the first attempt of the job's webhook goes out on the event loop
    (``workers/webhook_sender.py``); retries go to the ``webhooks`` queue.
@@ -48,13 +48,13 @@ from llmq.models.transitions import (
     record_attempt,
 )
 from llmq.tasks.app import celery_app
+from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.tasks.gate import Go, Hit, Park, after_call, gate, model_chain
+from llmq.tasks.policy import after_failure
+from llmq.tasks.runtime import WorkerRuntime, get_runtime, use_completion_recorder
 from llmq.tasks.webhooks import send_claimed
 from llmq.workers.cache import CachedAnswer
-from llmq.workers.call import CallOutcome, StartedCall, outcome_of, start_call
-from llmq.workers.gate import Go, Hit, Park, after_call, gate, model_chain
-from llmq.workers.policy import after_failure
-from llmq.workers.runtime import WorkerRuntime, get_runtime
 
 logger = structlog.get_logger(__name__)
 
@@ -177,6 +177,9 @@ def record_completions(rt: WorkerRuntime, batch: list[tuple[ClaimedJob, Go, Call
             logger.error("job_finish_failed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
         finally:
             _forget(rt, claim)
+
+
+use_completion_recorder(record_completions)
 
 
 def _record_alone(rt: WorkerRuntime, claim: ClaimedJob, go: Go, result: CallResult) -> None:

@@ -34,7 +34,7 @@ from llmq.models.transitions import expire_overdue, recover_expired_lease
 from llmq.models.webhook_events import due_events
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook, oldest_waiting_sent_at
-from llmq.workers.runtime import WorkerRuntime, get_runtime
+from llmq.tasks.runtime import WorkerRuntime, get_runtime
 
 logger = structlog.get_logger(__name__)
 

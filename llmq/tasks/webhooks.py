@@ -14,8 +14,8 @@ from llmq.models.base import utcnow
 from llmq.models.db import retry_on_database_outage
 from llmq.models.webhook_events import EventToSend, claim_event
 from llmq.tasks.app import celery_app
-from llmq.workers.deliveries import record_attempt
-from llmq.workers.runtime import WorkerRuntime, get_runtime
+from llmq.tasks.deliveries import record_attempt
+from llmq.tasks.runtime import WorkerRuntime, get_runtime
 from llmq.workers.webhook_sender import DeliveryOutcome, post_event, prepare
 
 logger = structlog.get_logger(__name__)

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from llmq.workers.batch import BatchWriter
-from llmq.workers.inflight import CallCapacity, InFlightCalls
+from llmq.tasks.batch import BatchWriter
+from llmq.tasks.inflight import CallCapacity, InFlightCalls
 from llmq.workers.providers.base import sse_data
 
 

@@ -17,7 +17,7 @@ from llmq.tasks.enqueue import enqueue_webhook
 from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
 
 if TYPE_CHECKING:
-    from llmq.workers.runtime import WorkerRuntime
+    from llmq.tasks.runtime import WorkerRuntime
 
 logger = structlog.get_logger(__name__)
 

@@ -40,10 +40,10 @@ import structlog
 
 from llmq.models.transitions import ClaimedJob
 from llmq.settings import Settings
+from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.cache import CachedAnswer
 from llmq.workers.ratelimit import ModelLimits, estimate_tokens
 from llmq.workers.routing import choose_model, fallback_chain
-from llmq.workers.runtime import WorkerRuntime
 
 logger = structlog.get_logger(__name__)
 

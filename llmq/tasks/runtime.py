@@ -29,11 +29,11 @@ from llmq.models.db import Database
 from llmq.models.transitions import CallResult, ClaimedJob, SendNow
 from llmq.models.webhook_events import EventToSend
 from llmq.settings import Settings, get_settings
-from llmq.workers.batch import BatchWriter
+from llmq.tasks.batch import BatchWriter
+from llmq.tasks.deliveries import write_deliveries
+from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
-from llmq.workers.deliveries import write_deliveries
-from llmq.workers.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.pricing import PriceTable, load_providers_file
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
@@ -41,14 +41,19 @@ from llmq.workers.ratelimit import fleet_limiter
 from llmq.workers.webhook_sender import DeliveryOutcome, webhook_session
 
 if TYPE_CHECKING:
-    from llmq.workers.gate import Go
+    from llmq.tasks.gate import Go
 
 T = TypeVar("T")
 logger = structlog.get_logger(__name__)
 
 
+CompletionRecorder = Callable[["WorkerRuntime", list[tuple[ClaimedJob, "Go", CallResult]]], None]
+
+
 class WorkerRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, record_completions: CompletionRecorder | None = None) -> None:
+        """``record_completions`` writes a batch of successful calls (the generate task's
+        :func:`~llmq.tasks.generate.record_completions`); without it each finisher records its own."""
         self.settings = settings
         sys.setswitchinterval(settings.worker_switch_interval_s)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -82,9 +87,9 @@ class WorkerRuntime:
         # Successful calls are recorded in batches on Postgres (one statement per batch, see
         # complete_jobs); elsewhere each finisher records its own.
         self.completions: BatchWriter[tuple[ClaimedJob, Go, CallResult]] | None = None
-        if self.db.engine.dialect.name == "postgresql":
+        if self.db.engine.dialect.name == "postgresql" and record_completions is not None:
             self.completions = BatchWriter(
-                "llmq-completion-writer", self._record_completions, eager=True, max_batch=200
+                "llmq-completion-writer", partial(record_completions, self), eager=True, max_batch=200
             )
             self.completions.start()
         self.finishers = concurrent.futures.ThreadPoolExecutor(
@@ -100,11 +105,6 @@ class WorkerRuntime:
         for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
             self.registry.resolve(f"{name}/warm-up")
         keep_startup_heap_out_of_gc()
-
-    def _record_completions(self, batch: list[tuple[ClaimedJob, Go, CallResult]]) -> None:
-        from llmq.tasks.generate import record_completions  # the task module imports this one
-
-        record_completions(self, batch)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -159,6 +159,14 @@ async def _on_loop(factory: Callable[..., T], *args: Any) -> T:
 _runtime: WorkerRuntime | None = None
 _runtime_pid: int | None = None
 _lock = threading.Lock()
+_completion_recorder: CompletionRecorder | None = None
+
+
+def use_completion_recorder(recorder: CompletionRecorder) -> None:
+    """Called by the generate task's module when it is imported (before any runtime is built), so
+    that the runtime, which that module uses, need not import it back."""
+    global _completion_recorder
+    _completion_recorder = recorder
 
 
 def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
@@ -167,7 +175,7 @@ def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
         return _runtime
     with _lock:
         if _runtime is None or _runtime_pid != os.getpid():
-            _runtime = WorkerRuntime(settings or get_settings())
+            _runtime = WorkerRuntime(settings or get_settings(), _completion_recorder)
             _runtime_pid = os.getpid()
     return _runtime
 

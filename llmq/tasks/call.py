@@ -13,10 +13,10 @@ from decimal import Decimal
 import structlog
 
 from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
+from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest, ProviderResponse
 from llmq.workers.providers.errors import ProviderServerError, ProviderTimeoutError
 from llmq.workers.providers.registry import UnknownProviderError
-from llmq.workers.runtime import WorkerRuntime
 
 logger = structlog.get_logger(__name__)
 

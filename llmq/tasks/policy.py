@@ -19,6 +19,7 @@ from typing import Literal
 
 from llmq.models.base import utcnow
 from llmq.models.transitions import CallFailure, ClaimedJob
+from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers.errors import (
     ContentPolicyError,
     ContextLengthError,
@@ -27,7 +28,6 @@ from llmq.workers.providers.errors import (
 )
 from llmq.workers.retry import next_retry_delay, should_retry
 from llmq.workers.routing import larger_window_fallback
-from llmq.workers.runtime import WorkerRuntime
 
 StepKind = Literal["retry", "fallback", "degrade", "fail"]
 
