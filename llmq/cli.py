@@ -20,7 +20,7 @@ from typing import Any
 import click
 import httpx
 
-from llmq.settings import get_settings
+from llmq.config.settings import get_settings
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -334,7 +334,7 @@ def run() -> None:
 
 
 def _check_providers_file(path: Path) -> None:
-    from llmq.workers.pricing import ProvidersFileError, load_providers_file
+    from llmq.config.providers_file import ProvidersFileError, load_providers_file
 
     try:
         load_providers_file(path)

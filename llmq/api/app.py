@@ -12,13 +12,13 @@ from flask import Flask, Response, g, request
 from llmq.api import jobs, ops, providers
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
+from llmq.config.providers import provider_specs
+from llmq.config.providers_file import load_providers_file
+from llmq.config.settings import Settings, get_settings
 from llmq.logs import configure_logging, init_sentry
 from llmq.models.db import Database
-from llmq.settings import Settings, get_settings
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
-from llmq.workers.pricing import load_providers_file
-from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
 
 
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
-    app.extensions["llmq.registry"] = ProviderRegistry.from_settings(settings)
+    app.extensions["llmq.provider_specs"] = provider_specs(settings)
     providers_config = load_providers_file(settings.providers_file)
     redis_client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     app.extensions["llmq.providers"] = providers_config

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from llmq.api.auth import require_tenant
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
+from llmq.config.providers import is_known_model
 from llmq.models.base import utcnow
 from llmq.models.tables import Attempt, Job, job_public
 from llmq.models.transitions import (
@@ -68,10 +69,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     spec = JobCreate.model_validate(body)
     settings = _settings()
     model = spec.model or settings.default_model
-    registry = current_app.extensions["llmq.registry"]
+    providers = current_app.extensions["llmq.provider_specs"]
     for candidate in [model, *(spec.fallbacks or [])]:
-        if candidate != "auto" and not registry.is_known(candidate):
-            known = ", ".join(sorted(registry.known_providers()))
+        if candidate != "auto" and not is_known_model(providers, candidate):
+            known = ", ".join(sorted(providers))
             raise ApiError(
                 422,
                 f"unknown provider in model {candidate!r}; known providers: {known}",

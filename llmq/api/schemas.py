@@ -18,8 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from llmq.config.model_ids import MODEL_PATTERN
+
 MAX_PROMPT_CHARS = 100_000
-MODEL_PATTERN = r"^[a-z0-9][a-z0-9_-]*/\S+$"
 JobStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 

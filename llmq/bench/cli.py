@@ -123,7 +123,7 @@ def bench(
     --baseline, the naive prefork design side by side)."""
     from llmq.bench.report import machine_info, markdown, phase_figures, ratios
     from llmq.bench.runner import PhasePlan, close_clients, run_phase
-    from llmq.settings import Settings
+    from llmq.config.settings import Settings
 
     fields = Settings.model_fields
     default_concurrency = int(fields["worker_concurrency"].default)

@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 from kombu import Queue
 
-from llmq.settings import Settings, get_settings
+from llmq.config.settings import Settings, get_settings
 from llmq.tasks.broker import keep_one_client_per_channel
 
 LLM_QUEUE = "llm"

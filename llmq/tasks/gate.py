@@ -38,8 +38,8 @@ from typing import Any
 import redis
 import structlog
 
+from llmq.config.settings import Settings
 from llmq.models.transitions import ClaimedJob
-from llmq.settings import Settings
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.cache import CachedAnswer
 from llmq.workers.ratelimit import ModelLimits, estimate_tokens

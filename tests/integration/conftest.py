@@ -23,11 +23,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from llmq.api.app import create_app
+from llmq.config.settings import OpenAICompatibleEndpoint, Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.migrate import recreate_database
 from llmq.models.tenants import IssuedKey, create_key
-from llmq.settings import OpenAICompatibleEndpoint, Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.services import (
     WebhookReceiver,

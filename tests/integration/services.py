@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from llmq.settings import Settings
+from llmq.config.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -31,10 +31,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from llmq.api.app import create_app
+from llmq.config.settings import Settings
 from llmq.models.db import Database
 from llmq.models.migrate import recreate_database
 from llmq.models.tables import Attempt, Job
-from llmq.settings import Settings
 from llmq.tasks.app import LLM_QUEUE, configure_celery
 from tests.integration.conftest import DATABASE_URL, SimulatorControl, settle, unique_model, wait_for_status
 from tests.integration.services import (

@@ -24,10 +24,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from llmq.api.app import create_app
+from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.tables import Attempt, Job
-from llmq.settings import Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, wait_for_status
 from tests.integration.services import celery_worker_argv, settings_env, start_process, stop_process, wait_for

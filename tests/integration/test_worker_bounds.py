@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from llmq.api.app import create_app
-from llmq.settings import Settings
+from llmq.config.settings import Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, unique_model, wait_for_status
 from tests.integration.services import (

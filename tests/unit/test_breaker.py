@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
+from llmq.config.providers_file import BreakerConfig, BreakerOverrides, ModelConfig, ProvidersConfig
 from llmq.workers.breaker import BreakerDecision, CircuitBreakers
-from llmq.workers.pricing import BreakerConfig, BreakerOverrides, ModelConfig, ProvidersConfig
 from tests.unit.conftest import REDIS_URL
 
 MODEL = "sim/primary"

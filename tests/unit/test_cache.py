@@ -11,8 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from llmq.config.providers_file import CacheConfig
 from llmq.workers.cache import CachedAnswer, ResponseCache, cache_key
-from llmq.workers.pricing import CacheConfig
 from tests.unit.conftest import REDIS_URL
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llmq.settings import DEFAULT_PROVIDERS_FILE
-from llmq.workers.pricing import (
-    ModelPrice,
-    PriceTable,
-    ProvidersFileError,
-    load_providers_file,
-)
+from llmq.config.providers_file import ModelPrice, ProvidersFileError, load_providers_file
+from llmq.config.settings import DEFAULT_PROVIDERS_FILE
+from llmq.workers.pricing import PriceTable
 
 PUBLISHED = {
     "openai/gpt-4o-mini": ("0.15", "0.60"),
@@ -41,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def table() -> PriceTable:
-    return PriceTable.from_file(DEFAULT_PROVIDERS_FILE)
+    return PriceTable.from_config(load_providers_file(DEFAULT_PROVIDERS_FILE))
 
 
 def test_default_file_lists_the_published_prices(table: PriceTable) -> None:
@@ -101,7 +97,7 @@ def test_integer_prices_and_models_without_prices_are_accepted(tmp_path: Path) -
 
 
 def test_empty_file_is_an_empty_table(tmp_path: Path) -> None:
-    assert len(PriceTable.from_file(write(tmp_path, "# nothing yet\n"))) == 0
+    assert len(PriceTable.from_config(load_providers_file(write(tmp_path, "# nothing yet\n")))) == 0
 
 
 def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from llmq.settings import DEFAULT_PROVIDERS_FILE
-from llmq.workers.pricing import (
+from llmq.config.providers_file import (
     BreakerConfig,
     CacheConfig,
     LimitsConfig,
     ModelConfig,
-    PriceTable,
     ProvidersConfig,
     ProvidersFileError,
     RoutingConfig,
     load_providers_file,
 )
+from llmq.config.settings import DEFAULT_PROVIDERS_FILE
+from llmq.workers.pricing import PriceTable
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from llmq.workers.pricing import LimitsConfig, ModelConfig, ProvidersConfig
+from llmq.config.providers_file import LimitsConfig, ModelConfig, ProvidersConfig
 from llmq.workers.ratelimit import (
     SLOT_POLL_S,
     SLOT_WAIT_MAX_S,

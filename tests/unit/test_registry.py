@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from llmq.settings import OpenAICompatibleEndpoint, Settings
+from llmq.config.settings import OpenAICompatibleEndpoint, Settings
 from llmq.workers.providers import (
     AnthropicProvider,
     ChatMessage,
@@ -57,7 +57,7 @@ def test_split_model_rejects_missing_parts(model: str) -> None:
 def test_without_keys_both_builtins_use_the_simulator() -> None:
     registry = ProviderRegistry.from_settings(make_settings())
     assert registry.known_providers() == {"openai", "anthropic"}
-    assert registry.uses_simulator("openai") and registry.uses_simulator("anthropic")
+    assert registry.spec("openai").simulator and registry.spec("anthropic").simulator
     assert registry.spec("openai").base_url == "http://sim.test:8100/v1"
     assert registry.spec("anthropic").base_url == "http://sim.test:8100"
     assert registry.spec("openai").api_key == "sk-simulator"
@@ -71,7 +71,7 @@ def test_with_keys_builtins_use_the_real_providers() -> None:
             anthropic_base_url="https://proxy.example/anthropic",
         )
     )
-    assert not registry.uses_simulator("openai") and not registry.uses_simulator("anthropic")
+    assert not registry.spec("openai").simulator and not registry.spec("anthropic").simulator
     assert registry.spec("openai").base_url == "https://api.openai.com/v1"
     assert registry.spec("anthropic").base_url == "https://proxy.example/anthropic"
     assert "sk-real" not in repr(registry.spec("openai"))
@@ -79,8 +79,8 @@ def test_with_keys_builtins_use_the_real_providers() -> None:
 
 def test_one_key_only_sends_the_other_provider_to_the_simulator() -> None:
     registry = ProviderRegistry.from_settings(make_settings(openai_api_key="sk-real"))
-    assert not registry.uses_simulator("openai")
-    assert registry.uses_simulator("anthropic")
+    assert not registry.spec("openai").simulator
+    assert registry.spec("anthropic").simulator
 
 
 def test_extra_providers_are_openai_compatible_clients_with_their_name() -> None:
@@ -94,7 +94,7 @@ def test_extra_providers_are_openai_compatible_clients_with_their_name() -> None
     )
     assert registry.known_providers() == {"openai", "anthropic", "local", "ollama"}
     assert registry.is_known("local/meta/llama3")
-    assert not registry.uses_simulator("local")
+    assert not registry.spec("local").simulator
     client, bare = registry.resolve("local/meta/llama3")
     assert isinstance(client, OpenAIProvider)
     assert client.name == "local"
@@ -136,7 +136,7 @@ def test_unknown_provider_error_lists_the_known_ones() -> None:
     with pytest.raises(UnknownProviderError, match="anthropic, openai"):
         registry.resolve("mistral/large")
     assert issubclass(UnknownProviderError, ValueError)
-    assert not registry.uses_simulator("mistral")
+    assert "mistral" not in registry.known_providers()
 
 
 def test_simulator_clients_call_the_simulator_urls() -> None:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmq.workers.pricing import ModelConfig, ProvidersConfig, RoutingConfig
+from llmq.config.providers_file import ModelConfig, ProvidersConfig, RoutingConfig
 from llmq.workers.routing import choose_model, fallback_chain, larger_window_fallback
 
 RULES = RoutingConfig(small_model="sim/small", large_model="sim/large", long_prompt_chars=2000)

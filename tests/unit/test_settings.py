@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmq.settings import Settings
+from llmq.config.settings import Settings
 
 
 def test_defaults_are_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
 """Model routing: ``"<provider>/<model>"`` → the provider client that serves it.
 
-Which providers exist comes from :class:`~llmq.settings.Settings`:
+Which providers exist comes from :class:`~llmq.config.settings.Settings`
+(:func:`~llmq.config.providers.provider_specs`):
 
 - ``openai``: ``OPENAI_API_KEY`` (+ ``OPENAI_BASE_URL``), or the simulator at
   ``{simulator_url}/v1`` when no key is set;
@@ -17,62 +18,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import httpx2
 import structlog
 
+from llmq.config.model_ids import split_model
+from llmq.config.providers import ProviderSpec, provider_specs
 from llmq.workers.providers.anthropic_provider import AnthropicProvider
 from llmq.workers.providers.base import Provider
 from llmq.workers.providers.openai_provider import OpenAIProvider
 
 if TYPE_CHECKING:
-    from llmq.settings import Settings
+    from llmq.config.settings import Settings
 
 __all__ = ["ProviderRegistry", "ProviderSpec", "UnknownProviderError", "split_model"]
 
 logger = structlog.get_logger(__name__)
 
-SIMULATOR_API_KEY = "sk-simulator"
-# Given explicitly so that the SDKs never fall back to reading OPENAI_BASE_URL/ANTHROPIC_BASE_URL
-# from the environment themselves: Settings is the only source of configuration.
-OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
-BUILTIN_PROVIDERS = ("openai", "anthropic")
-
 
 class UnknownProviderError(ValueError):
     """The model names no configured provider (or is not ``provider/model`` at all)."""
-
-
-def split_model(model: str) -> tuple[str, str]:
-    """``"openai/gpt-4o-mini"`` → ``("openai", "gpt-4o-mini")``.
-
-    Only the first ``/`` separates: ``"local/meta/llama3"`` → ``("local", "meta/llama3")``.
-    Raises ``ValueError`` when either part is missing or empty.
-    """
-    provider, sep, name = model.partition("/")
-    if not sep or not provider.strip() or not name.strip():
-        raise ValueError(f"model must look like 'provider/model', got {model!r}")
-    return provider, name
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    """How to build one provider's client. ``api_key`` is kept out of ``repr``."""
-
-    name: str
-    kind: Literal["openai", "anthropic"]
-    base_url: str | None
-    api_key: str
-    simulator: bool = False
-
-    def __repr__(self) -> str:
-        return (
-            f"ProviderSpec(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r}, "
-            f"simulator={self.simulator!r})"
-        )
 
 
 class ProviderRegistry:
@@ -103,46 +69,7 @@ class ProviderRegistry:
     def from_settings(
         cls, settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> ProviderRegistry:
-        specs: dict[str, ProviderSpec] = {}
-        if settings.openai_api_key:
-            specs["openai"] = ProviderSpec(
-                "openai",
-                "openai",
-                settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
-                settings.openai_api_key,
-            )
-        else:
-            specs["openai"] = ProviderSpec(
-                "openai",
-                "openai",
-                f"{settings.simulator_url.rstrip('/')}/v1",
-                SIMULATOR_API_KEY,
-                simulator=True,
-            )
-        if settings.anthropic_api_key:
-            specs["anthropic"] = ProviderSpec(
-                "anthropic",
-                "anthropic",
-                settings.anthropic_base_url or ANTHROPIC_DEFAULT_BASE_URL,
-                settings.anthropic_api_key,
-            )
-        else:
-            specs["anthropic"] = ProviderSpec(
-                "anthropic",
-                "anthropic",
-                settings.simulator_url.rstrip("/"),
-                SIMULATOR_API_KEY,
-                simulator=True,
-            )
-        for name, endpoint in settings.extra_providers.items():
-            if name in BUILTIN_PROVIDERS:
-                raise ValueError(
-                    f"extra provider {name!r} would shadow the built-in provider of that name; "
-                    "use OPENAI_BASE_URL / ANTHROPIC_BASE_URL to point those elsewhere"
-                )
-            if not name or "/" in name:
-                raise ValueError(f"extra provider name {name!r} must be non-empty without '/'")
-            specs[name] = ProviderSpec(name, "openai", endpoint.base_url, endpoint.api_key)
+        specs = provider_specs(settings)
         return cls(
             specs,
             timeout_s=settings.provider_timeout_s,
@@ -182,10 +109,6 @@ class ProviderRegistry:
                     client = self._build(self.spec(provider_name))
                     self._clients[provider_name] = client
         return client, bare
-
-    def uses_simulator(self, provider_name: str) -> bool:
-        spec = self._specs.get(provider_name)
-        return spec is not None and spec.simulator
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}

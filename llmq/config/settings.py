@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_PROVIDERS_FILE = Path(__file__).with_name("providers.default.toml")
+DEFAULT_PROVIDERS_FILE = Path(__file__).parent.parent / "providers.default.toml"
 _EXTRA_PROVIDER_ENV = re.compile(r"^LLMQ_PROVIDER_([A-Z0-9_]+)_BASE_URL$")
 
 

@@ -1,0 +1,493 @@
+"""The providers file (``LLMQ_PROVIDERS_FILE``, default ``llmq/providers.default.toml``): prices,
+rate limits, circuit breakers, fallbacks, the response cache and ``model: "auto"`` routing, and
+checked at start with the line of every mistake.
+
+The file is TOML, one table per model (``[models."openai/gpt-4o-mini"]``) plus a few top-level
+tables. It is parsed with ``tomllib`` (floats as ``Decimal``, so ``0.15`` stays exactly ``0.15``)
+and validated by pydantic models that forbid unknown keys: a typo is an error at start-up, not a
+silently ignored setting. Any problem is a :class:`ProvidersFileError` that names the file, the
+line and the key.
+
+Adding a setting later is adding a field to one of the models below; the loader and its error
+reporting need no change (a new table also gets a line in ``_TABLES``, for the "known keys" hint).
+
+Shape::
+
+    ProvidersConfig
+    ├── models: {"<provider>/<model>": ModelConfig}
+    │                                  ├── input_usd_per_mtok   ┐ both or neither
+    │                                  ├── output_usd_per_mtok  ┘ → .price: ModelPrice | None
+    │                                  ├── rpm, tpm, concurrency        (None: no limit)
+    │                                  ├── context_window               (None: unknown)
+    │                                  ├── fallbacks: ["<provider>/<model>", …]
+    │                                  ├── fallback_on_content_policy
+    │                                  └── breaker: BreakerOverrides    (any BreakerConfig key)
+    ├── breaker: BreakerConfig   failures, failure_ratio, window_s, min_calls, cooldown_s,
+    │                            probe_timeout_s           → .breaker_for(model)
+    ├── limits: LimitsConfig     window_s, lease_s
+    ├── cache: CacheConfig       ttl_s, temperature_zero, shared_across_tenants, lru_size
+    └── routing: RoutingConfig   small_model, large_model, long_prompt_chars, complex_words,
+                                 complex_min_words, multi_step_cues, numbered_steps
+
+Checks that span tables (a model listed as its own fallback, a fallback listed twice) run after
+the per-key validation, and name the line of the offending key too.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from llmq.config.model_ids import is_model_id
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerOverrides",
+    "CacheConfig",
+    "LimitsConfig",
+    "ModelConfig",
+    "ModelPrice",
+    "ProvidersConfig",
+    "ProvidersFileError",
+    "RoutingConfig",
+    "load_providers_file",
+]
+
+
+UsdPerMtok = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+def _number(value: object) -> object:
+    # tomllib gives ints, Decimals (floats) and strings; only the first two are numbers here.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number, not " + ("a boolean" if isinstance(value, bool) else "a string"))
+    return value
+
+
+Count = Annotated[int, Field(strict=True, ge=1)]
+Seconds = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+Ratio = Annotated[float, BeforeValidator(_number), Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+def _check_model_name(name: str) -> str:
+    if not is_model_id(name):
+        raise ValueError("a model table must be named '<provider>/<model>', e.g. 'openai/gpt-4o'")
+    return name
+
+
+def _check_model_ref(name: str) -> str:
+    if not is_model_id(name):
+        raise ValueError(f"{name!r} is not a model id: write '<provider>/<model>', e.g. 'openai/gpt-4o'")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
+ModelRef = Annotated[str, Field(strict=True), AfterValidator(_check_model_ref)]
+
+
+class ModelPrice(BaseModel, extra="forbid", frozen=True):
+    """List price of one model, in US dollars per million tokens."""
+
+    input_usd_per_mtok: UsdPerMtok
+    output_usd_per_mtok: UsdPerMtok
+
+
+# --- circuit breakers, limits, cache, routing ---------------------------------------------------
+
+
+class BreakerConfig(BaseModel, extra="forbid", frozen=True):
+    """``[breaker]``: when a model's circuit breaker opens, and for how long (see
+    :mod:`llmq.workers.breaker`)."""
+
+    failures: Count = 5  # consecutive transient failures that open it
+    failure_ratio: Ratio = 0.5  # ... or this share of failed calls over window_s,
+    window_s: Seconds = 60.0  # ... counted over this rolling window,
+    min_calls: Count = 20  # ... once the window holds at least this many calls
+    cooldown_s: Seconds = 30.0  # open this long, then one probe call goes through
+    probe_timeout_s: Seconds = 120.0  # a probe not reported by then frees the way for another
+
+
+class BreakerOverrides(BaseModel, extra="forbid", frozen=True):
+    """``[models."<id>".breaker]``: any key of ``[breaker]``, for one model."""
+
+    failures: Count | None = None
+    failure_ratio: Ratio | None = None
+    window_s: Seconds | None = None
+    min_calls: Count | None = None
+    cooldown_s: Seconds | None = None
+    probe_timeout_s: Seconds | None = None
+
+
+class LimitsConfig(BaseModel, extra="forbid", frozen=True):
+    """``[limits]``: the window of ``rpm``/``tpm`` and the lease of a concurrency slot (see
+    :mod:`llmq.workers.ratelimit`)."""
+
+    window_s: Seconds = 60.0
+    lease_s: Seconds = 60.0
+    # Requests reach the provider a little after their admission (commit, thread hand-off, the
+    # network). Counting admissions over window_s + margin_s keeps the provider's own window
+    # within the limit as long as that delay stays under margin_s.
+    margin_s: float = Field(default=1.0, ge=0)
+
+
+class CacheConfig(BaseModel, extra="forbid", frozen=True):
+    """``[cache]``: the exact-match response cache (see :mod:`llmq.workers.cache`)."""
+
+    ttl_s: Count = 3600
+    temperature_zero: StrictBool = False
+    shared_across_tenants: StrictBool = False
+    lru_size: Annotated[int, Field(strict=True, ge=0)] = 1000
+
+
+_DEFAULT_COMPLEX_WORDS = (
+    "analyze", "analyse", "analysis", "compare", "comparison", "contrast", "evaluate", "assess",
+    "critique", "justify", "prove", "derive", "plan", "design", "architect", "optimize",
+    "debug", "refactor", "synthesize", "tradeoff", "tradeoffs", "trade-off", "trade-offs",
+)  # fmt: skip
+_DEFAULT_MULTI_STEP_CUES = (
+    "step by step", "step-by-step", "walk me through", "walk through", "show your work",
+    "explain your reasoning", "break it down", "break down", "think through",
+)  # fmt: skip
+
+
+def _non_blank_words(words: list[str]) -> list[str]:
+    cleaned = [w.strip().lower() for w in words]
+    if any(not w for w in cleaned):
+        raise ValueError("entries must not be blank")
+    return cleaned
+
+
+WordList = Annotated[list[Annotated[str, Field(strict=True)]], AfterValidator(_non_blank_words)]
+
+
+class RoutingConfig(BaseModel, extra="forbid", frozen=True):
+    """``[routing]``: how ``model: "auto"`` picks a model (see :mod:`llmq.workers.routing`)."""
+
+    small_model: ModelRef = "openai/gpt-4o-mini"
+    large_model: ModelRef = "openai/gpt-4o"
+    long_prompt_chars: Count = 8000
+    complex_words: WordList = Field(default_factory=lambda: list(_DEFAULT_COMPLEX_WORDS))
+    complex_min_words: Count = 1
+    multi_step_cues: WordList = Field(default_factory=lambda: list(_DEFAULT_MULTI_STEP_CUES))
+    numbered_steps: Count = 3
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+class ModelConfig(BaseModel, extra="forbid"):
+    """One ``[models."<provider>/<model>"]`` table."""
+
+    input_usd_per_mtok: UsdPerMtok | None = None
+    output_usd_per_mtok: UsdPerMtok | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    concurrency: Count | None = None
+    context_window: Count | None = None
+    fallbacks: list[ModelRef] = Field(default_factory=list)
+    fallback_on_content_policy: StrictBool = False
+    breaker: BreakerOverrides | None = None
+
+    @model_validator(mode="after")
+    def _both_prices_or_neither(self) -> ModelConfig:
+        if (self.input_usd_per_mtok is None) != (self.output_usd_per_mtok is None):
+            raise ValueError("give both input_usd_per_mtok and output_usd_per_mtok, or neither")
+        return self
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _no_repeats(cls, fallbacks: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in fallbacks:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+        return fallbacks
+
+    @property
+    def price(self) -> ModelPrice | None:
+        if self.input_usd_per_mtok is None or self.output_usd_per_mtok is None:
+            return None
+        return ModelPrice(
+            input_usd_per_mtok=self.input_usd_per_mtok,
+            output_usd_per_mtok=self.output_usd_per_mtok,
+        )
+
+
+_DEFER_CROSS_CHECKS = "defer_cross_checks"
+
+
+class ProvidersConfig(BaseModel, extra="forbid"):
+    """The whole providers file."""
+
+    models: dict[ModelName, ModelConfig] = Field(default_factory=dict)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> ProvidersConfig:
+        # The loader runs these itself, to name the line; built in code, they run here.
+        if not (info.context or {}).get(_DEFER_CROSS_CHECKS):
+            problems = _cross_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{_dotted(loc)}: {reason}" for loc, reason in problems))
+        return self
+
+    def prices(self) -> dict[str, ModelPrice]:
+        return {name: cfg.price for name, cfg in self.models.items() if cfg.price is not None}
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The table of ``name``, or None for a model the file does not list."""
+        return self.models.get(name)
+
+    def breaker_for(self, name: str) -> BreakerConfig:
+        """``[breaker]`` with the model's own ``breaker`` overrides applied."""
+        cfg = self.models.get(name)
+        if cfg is None or cfg.breaker is None:
+            return self.breaker
+        return self.breaker.model_copy(update=cfg.breaker.model_dump(exclude_none=True))
+
+
+def _cross_problems(config: ProvidersConfig) -> list[tuple[list[str], str]]:
+    problems: list[tuple[list[str], str]] = []
+    for name, cfg in config.models.items():
+        if name in cfg.fallbacks:
+            index = cfg.fallbacks.index(name)
+            problems.append((["models", name, "fallbacks", str(index)], "a model cannot be its own fallback"))
+    return problems
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+class ProvidersFileError(Exception):
+    """The providers file cannot be used. The message names the file, the line (when known) and
+    the offending key, and is meant to be shown as is: no traceback needed."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        reason: str,
+        *,
+        line: int | None = None,
+        key: str | None = None,
+        also: Sequence[str] = (),
+    ) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.line = line
+        self.key = key
+        self.also = list(also)  # the other problems found, each "line N: key K: reason"
+        where = self.path if line is None else f"{self.path}, line {line}"
+        what = f"key {key}: " if key else ""
+        more = f" (also: {'; '.join(self.also)})" if self.also else ""
+        super().__init__(f"providers file {where}: {what}{reason}{more}")
+
+
+def load_providers_file(path: str | Path) -> ProvidersConfig:
+    """Read and validate a providers file; any problem raises :class:`ProvidersFileError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvidersFileError(path, f"cannot be read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise _decode_error(path, text, exc) from None
+    try:
+        config = ProvidersConfig.model_validate(data, context={_DEFER_CROSS_CHECKS: True})
+    except ValidationError as exc:
+        raise _validation_error(path, text, exc) from None
+    problems = _cross_problems(config)
+    if problems:
+        located = [
+            (_locate(text, loc, _index_value(config, loc)), _key_of(loc), reason) for loc, reason in problems
+        ]
+        raise _report(path, located)
+    return config
+
+
+def _key_of(loc: list[str]) -> str:
+    """The dotted key a problem is reported under: an array's key, not its element's index."""
+    return _dotted(loc[:-1] if _is_index(loc) else loc)
+
+
+def _is_index(loc: Sequence[str]) -> bool:
+    return bool(loc) and loc[-1].isdigit()
+
+
+def _index_value(config: ProvidersConfig, loc: list[str]) -> str | None:
+    if len(loc) == 4 and loc[0] == "models" and loc[2] == "fallbacks":
+        return config.models[loc[1]].fallbacks[int(loc[3])]
+    return None
+
+
+def _decode_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ProvidersFileError:
+    message = str(exc)
+    match = re.search(r"\(at line (\d+), column \d+\)", message)
+    reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
+    reason = f"invalid TOML: {reason}"
+    if match is None:
+        return ProvidersFileError(path, reason)
+    line = int(match.group(1))
+    lines = text.splitlines()
+    key = None
+    if 0 < line <= len(lines):
+        source = lines[line - 1].strip()
+        key_match = _KEY_LINE.match(source)
+        if source.startswith("["):
+            key = source
+        elif key_match:
+            key = key_match.group(1).strip()
+    return ProvidersFileError(path, reason, line=line, key=key)
+
+
+def _validation_error(path: Path, text: str, exc: ValidationError) -> ProvidersFileError:
+    problems: list[tuple[int | None, str, str]] = []
+    for error in exc.errors(include_url=False):
+        loc = _clean_loc(error["loc"])
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key" + _allowed_keys(loc[:-1])
+        else:
+            reason = error["msg"].removeprefix("Value error, ")
+        element = error.get("input") if _is_index(loc) else None
+        line = _locate(text, loc, element if isinstance(element, str) else None)
+        problems.append((line, _key_of(loc), reason))
+    return _report(path, problems)
+
+
+def _report(path: Path, problems: list[tuple[int | None, str, str]]) -> ProvidersFileError:
+    # Report in file order: the first problem a reader meets is the one named first.
+    problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
+    line, key, reason = problems[0]
+    others = [f"line {ln}: key {k}: {r}" if ln is not None else f"key {k}: {r}" for ln, k, r in problems[1:6]]
+    if len(problems) > 6:
+        others.append(f"and {len(problems) - 6} more")
+    return ProvidersFileError(path, reason, line=line, key=key, also=others)
+
+
+def _clean_loc(loc: Sequence[int | str]) -> list[str]:
+    # A dict key's own validation error ends in "[key]"; the key is the part before it.
+    return [str(part) for part in loc if part != "[key]"]
+
+
+# Tables whose keys are listed when an unknown key is found in them ("*" stands for a model id).
+_TABLES: dict[tuple[str, ...], type[BaseModel]] = {
+    (): ProvidersConfig,
+    ("models", "*"): ModelConfig,
+    ("models", "*", "breaker"): BreakerOverrides,
+    ("breaker",): BreakerConfig,
+    ("limits",): LimitsConfig,
+    ("cache",): CacheConfig,
+    ("routing",): RoutingConfig,
+}
+
+
+def _allowed_keys(parent: list[str]) -> str:
+    shape = tuple("*" if i == 1 and parent[0] == "models" else part for i, part in enumerate(parent))
+    model = _TABLES.get(shape)
+    if model is None:
+        return ""
+    return " (known keys: " + ", ".join(model.model_fields) + ")"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_KEY_LINE = re.compile(r"""^((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-.\s])+?)\s*=""")
+_HEADER_LINE = re.compile(r"^\[\[?(.+?)\]\]?\s*(?:#.*)?$")
+
+
+def _dotted(loc: Sequence[str]) -> str:
+    return ".".join(part if _BARE_KEY.fullmatch(part) else f'"{part}"' for part in loc)
+
+
+def _split_dotted(key: str) -> list[str] | None:
+    """``models."openai/gpt-4o".x`` → ``["models", "openai/gpt-4o", "x"]`` (None if unparsable)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(key):
+        char = key[i]
+        if char in " \t.":
+            i += 1
+        elif char in "\"'":
+            end = key.find(char, i + 1)
+            if end < 0:
+                return None
+            parts.append(key[i + 1 : end])
+            i = end + 1
+        else:
+            match = _BARE_KEY.match(key, i)
+            if match is None:
+                return None
+            parts.append(match.group())
+            i = match.end()
+    return parts
+
+
+def _locate(text: str, loc: list[str], element: str | None) -> int | None:
+    """The line of ``loc``; for an element of an array (``loc`` ends in its index) whose value
+    is the string ``element``, the line holding that string when the array spans lines."""
+    line = _find_line(text, loc)
+    if line is None or element is None or not _is_index(loc):
+        return line
+    lines = text.splitlines()
+    quoted = (f'"{element}"', f"'{element}'")
+    for lineno in range(line, min(len(lines), line + 200) + 1):
+        source = lines[lineno - 1]
+        if lineno > line and (_KEY_LINE.match(source.strip()) or source.strip().startswith("[")):
+            break  # the array ended without the element: keep the key's line
+        if any(q in source for q in quoted):
+            return lineno
+    return line
+
+
+def _find_line(text: str, loc: list[str]) -> int | None:
+    """The line that defines ``loc`` (a key path), or else the line of its nearest enclosing
+    table — where a missing key belongs. Found by scanning the text, as TOML parsers do not
+    report positions of valid documents."""
+    section: list[str] = []
+    best_line: int | None = None
+    best_len = 0
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        path: list[str] | None
+        header = _HEADER_LINE.match(line) if line.startswith("[") else None
+        if header:
+            path = _split_dotted(header.group(1))
+            section = path or []
+        else:
+            key = _KEY_LINE.match(line)
+            if key is None:
+                continue
+            parts = _split_dotted(key.group(1))
+            path = section + parts if parts is not None else None
+        if not path:
+            continue
+        if path[: len(loc)] == loc:
+            return lineno  # the key itself, or a table nested under it
+        if loc[: len(path)] == path and len(path) > best_len:
+            best_line, best_len = lineno, len(path)
+    return best_line
+
+
+# --- prices --------------------------------------------------------------------------------------
