@@ -87,8 +87,12 @@ def model_chain(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[list[str], str | 
     return [primary, *fallback_chain(primary, claim.fallbacks, rt.providers)], reason
 
 
-def request_params(claim: ClaimedJob) -> dict[str, Any]:
-    return {"max_tokens": claim.max_tokens, "temperature": claim.temperature}
+def request_params(claim: ClaimedJob, default_max_tokens: int) -> dict[str, Any]:
+    """What the call will be asked besides the messages: a job without ``max_tokens`` is sent the
+    default, so it shares a cache key with a job that asked for the default, and with no job made
+    under another default."""
+    max_tokens = claim.max_tokens if claim.max_tokens is not None else default_max_tokens
+    return {"max_tokens": max_tokens, "temperature": claim.temperature}
 
 
 def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
@@ -97,8 +101,9 @@ def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
     if current not in chain:
         chain = [current, *chain]
     cache_key = None
-    if rt.cache.wanted(bool(claim.use_cache), claim.temperature):
-        cache_key = rt.cache.key(chain[0], claim.messages, request_params(claim), claim.tenant_id)
+    if rt.cache.wanted(claim.use_cache, claim.temperature):
+        params = request_params(claim, rt.settings.default_max_tokens)
+        cache_key = rt.cache.key(chain[0], claim.messages, params, claim.tenant_id)
         answer = rt.cache.get(cache_key)
         if answer is not None:
             return Hit(model=chain[0], route_reason=route_reason, answer=answer)
@@ -125,7 +130,9 @@ def _admit(
 ) -> Decision:
     waits: list[float] = []
     passed_over: list[str] = []
-    tokens = estimate_tokens(claim.messages, claim.max_tokens)
+    tokens = estimate_tokens(
+        claim.messages, claim.max_tokens, default_max_tokens=rt.settings.default_max_tokens
+    )
     for model in candidates:
         breaker = rt.breakers.check(model)
         if not breaker.allowed:

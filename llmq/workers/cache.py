@@ -195,10 +195,12 @@ class ResponseCache:
         """:func:`cache_key`, shared across tenants when ``[cache] shared_across_tenants``."""
         return cache_key(model, messages, params, None if self.config.shared_across_tenants else tenant_id)
 
-    def wanted(self, asked: bool, temperature: float | None) -> bool:
-        """Does a job use the cache: it asked (``cache: true``), or its temperature is 0 and
-        ``[cache] temperature_zero`` is on."""
-        return asked or (self.config.temperature_zero and temperature is not None and temperature == 0)
+    def wanted(self, asked: bool | None, temperature: float | None) -> bool:
+        """Does a job use the cache: what it asked (``cache: true|false``), else — it said
+        nothing — whether its temperature is 0 and ``[cache] temperature_zero`` is on."""
+        if asked is not None:
+            return asked
+        return self.config.temperature_zero and temperature is not None and temperature == 0
 
     def get(self, key: str) -> CachedAnswer | None:
         answer = self._local.get(key)
@@ -242,7 +244,3 @@ class ResponseCache:
             self._redis.delete(key)
         except redis.RedisError:
             pass
-
-    def clear_local(self) -> None:
-        """Empty this process's LRU (Redis keeps its entries)."""
-        self._local.clear()

@@ -45,8 +45,6 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("LLMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

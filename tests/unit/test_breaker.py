@@ -16,8 +16,6 @@ from tests.unit.conftest import REDIS_URL
 
 MODEL = "sim/primary"
 
-pytestmark = pytest.mark.integration
-
 
 def breakers(client: redis.Redis, **kwargs: float) -> CircuitBreakers:
     defaults: dict[str, float] = {"failures": 3, "cooldown_s": 0.3, "min_calls": 1000, "window_s": 10}

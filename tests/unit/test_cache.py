@@ -81,14 +81,19 @@ def test_which_jobs_use_the_cache() -> None:
     on = ResponseCache(redis.Redis.from_url(REDIS_URL), CacheConfig(temperature_zero=True))
     assert off.wanted(asked=True, temperature=0.7)
     assert not off.wanted(asked=False, temperature=0)
-    assert on.wanted(asked=False, temperature=0) and on.wanted(asked=False, temperature=0.0)
-    assert not on.wanted(asked=False, temperature=0.5) and not on.wanted(asked=False, temperature=None)
+    assert on.wanted(asked=None, temperature=0) and on.wanted(asked=None, temperature=0.0)
+    assert not on.wanted(asked=None, temperature=0.5) and not on.wanted(asked=None, temperature=None)
+
+
+def test_an_explicit_cache_false_wins_over_temperature_zero_caching() -> None:
+    on = ResponseCache(redis.Redis.from_url(REDIS_URL), CacheConfig(temperature_zero=True))
+    assert not on.wanted(asked=False, temperature=0)
+    assert not on.wanted(asked=False, temperature=0.0)
 
 
 # --- the two layers ----------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_miss_then_hit_from_this_process_and_from_another(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig())
     key = cache.key("openai/gpt-4o-mini", MESSAGES, PARAMS, "t1")
@@ -101,7 +106,6 @@ def test_miss_then_hit_from_this_process_and_from_another(rdb: redis.Redis) -> N
     assert other.get(key) == ANSWER
 
 
-@pytest.mark.integration
 def test_local_layer_answers_without_redis_and_is_bounded(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig(lru_size=2))
     keys = [cache.key("a/b", [{"role": "user", "content": str(i)}], PARAMS, "t1") for i in range(3)]
@@ -112,7 +116,6 @@ def test_local_layer_answers_without_redis_and_is_bounded(rdb: redis.Redis) -> N
     assert cache.get(keys[1]) == ANSWER and cache.get(keys[2]) == ANSWER  # from the LRU
 
 
-@pytest.mark.integration
 def test_another_tenant_never_gets_the_answer(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig())
     cache.put(cache.key("a/b", MESSAGES, PARAMS, "tenant-a"), ANSWER)
@@ -120,14 +123,12 @@ def test_another_tenant_never_gets_the_answer(rdb: redis.Redis) -> None:
     assert cache.get(cache.key("a/b", MESSAGES, PARAMS, "tenant-a")) == ANSWER
 
 
-@pytest.mark.integration
 def test_a_shared_cache_serves_every_tenant(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig(shared_across_tenants=True))
     cache.put(cache.key("a/b", MESSAGES, PARAMS, "tenant-a"), ANSWER)
     assert cache.get(cache.key("a/b", MESSAGES, PARAMS, "tenant-b")) == ANSWER
 
 
-@pytest.mark.integration
 def test_entries_expire_in_both_layers(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig())
     fresh = ResponseCache(rdb, CacheConfig())
@@ -139,7 +140,6 @@ def test_entries_expire_in_both_layers(rdb: redis.Redis) -> None:
     assert cache.get(key) is None and fresh.get(key) is None
 
 
-@pytest.mark.integration
 def test_an_unreadable_entry_is_a_miss_and_is_removed(rdb: redis.Redis) -> None:
     cache = ResponseCache(rdb, CacheConfig())
     key = cache.key("a/b", MESSAGES, PARAMS, "t1")
@@ -148,7 +148,6 @@ def test_an_unreadable_entry_is_a_miss_and_is_removed(rdb: redis.Redis) -> None:
     assert rdb.exists(key) == 0
 
 
-@pytest.mark.integration
 def test_redis_down_is_a_miss_not_an_error() -> None:
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     cache = ResponseCache(dead, CacheConfig(lru_size=0))

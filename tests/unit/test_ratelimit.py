@@ -9,7 +9,6 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 import redis
 
 from llmq.config.providers_file import LimitsConfig, ModelConfig, ProvidersConfig
@@ -66,7 +65,6 @@ def test_token_estimate_reads_content_parts_and_wide_scripts() -> None:
 # --- rpm and tpm -----------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_unlimited_model_is_always_admitted_without_redis(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=1))
     for _ in range(5):
@@ -80,7 +78,6 @@ def server_time(client: redis.Redis) -> float:
     return seconds + micros / 1_000_000
 
 
-@pytest.mark.integration
 def test_refusal_says_exactly_when_the_oldest_entry_leaves(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=3))
     before = server_time(rdb)
@@ -100,7 +97,6 @@ def test_refusal_says_exactly_when_the_oldest_entry_leaves(rdb: redis.Redis) -> 
     assert again.admitted_at is not None and again.admitted_at - first.admitted_at >= 1.0
 
 
-@pytest.mark.integration
 def test_tokens_and_requests_are_checked_together(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=10, tpm=100))
     assert rl.acquire("sim/a", 60).allowed
@@ -113,7 +109,6 @@ def test_tokens_and_requests_are_checked_together(rdb: redis.Redis) -> None:
     assert usage["rpm_limit"] == 10 and usage["tpm_limit"] == 100 and usage["window_s"] == 1.0
 
 
-@pytest.mark.integration
 def test_tpm_wait_is_until_enough_tokens_leave(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(tpm=100))
     first = rl.acquire("sim/a", 10)
@@ -128,7 +123,6 @@ def test_tpm_wait_is_until_enough_tokens_leave(rdb: redis.Redis) -> None:
     assert second.admitted_at + 1.0 - after <= refused.retry_in_s <= second.admitted_at + 1.0 - before
 
 
-@pytest.mark.integration
 def test_settle_replaces_the_reservation_with_the_reported_usage(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(tpm=1000))
     reserved = estimate_tokens([{"role": "user", "content": "hello"}], 900)
@@ -141,7 +135,6 @@ def test_settle_replaces_the_reservation_with_the_reported_usage(rdb: redis.Redi
     assert rl.settle(None, 50) == 0
 
 
-@pytest.mark.integration
 def test_settle_after_the_window_changes_nothing(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.2, a=ModelConfig(tpm=100))
     admission = rl.acquire("sim/a", 50)
@@ -150,7 +143,6 @@ def test_settle_after_the_window_changes_nothing(rdb: redis.Redis) -> None:
     assert rl.usage("sim/a")["tpm_used"] == 0
 
 
-@pytest.mark.integration
 def test_cancel_gives_back_a_call_never_sent(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=1, tpm=100))
     admission = rl.acquire("sim/a", 80)
@@ -160,7 +152,6 @@ def test_cancel_gives_back_a_call_never_sent(rdb: redis.Redis) -> None:
     assert rl.acquire("sim/a", 10).allowed
 
 
-@pytest.mark.integration
 def test_a_call_larger_than_tpm_runs_alone(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.8, a=ModelConfig(tpm=100))
     small = rl.acquire("sim/a", 1)
@@ -173,7 +164,6 @@ def test_a_call_larger_than_tpm_runs_alone(rdb: redis.Redis) -> None:
     assert not rl.acquire("sim/a", 1).allowed
 
 
-@pytest.mark.integration
 def test_keys_expire_with_the_window(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.5, a=ModelConfig(rpm=5, tpm=50, concurrency=2))
     rl.acquire("sim/a", 5)
@@ -184,7 +174,6 @@ def test_keys_expire_with_the_window(rdb: redis.Redis) -> None:
         assert 0 < rdb.pttl(key) <= 1500
 
 
-@pytest.mark.integration
 def test_eight_threads_never_exceed_rpm_or_tpm_in_any_window(rdb: redis.Redis) -> None:
     window, rpm, tpm = 2.0, 60, 900
     rl = limiter(rdb, window, a=ModelConfig(rpm=rpm, tpm=tpm))
@@ -234,7 +223,6 @@ def _hammer_process(
     out.put(times)
 
 
-@pytest.mark.integration
 def test_four_processes_share_one_limit(rdb: redis.Redis) -> None:
     window, rpm = 1.0, 20
     # forkserver: children forked from a clean, single-threaded server that imported this module
@@ -261,7 +249,6 @@ def test_four_processes_share_one_limit(rdb: redis.Redis) -> None:
 # --- concurrency slots -------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_semaphore_never_exceeds_its_cap_under_twenty_threads(rdb: redis.Redis) -> None:
     cap = 5
     rl = limiter(rdb, 1.0, a=ModelConfig(concurrency=cap))
@@ -301,7 +288,6 @@ def test_semaphore_never_exceeds_its_cap_under_twenty_threads(rdb: redis.Redis) 
     assert rl.usage("sim/a")["in_flight"] == 0
 
 
-@pytest.mark.integration
 def test_a_holder_that_stops_renewing_loses_its_slot(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(concurrency=1))
     assert rl.acquire_slot("sim/a", "dead-worker", lease_s=0.3)
@@ -314,7 +300,6 @@ def test_a_holder_that_stops_renewing_loses_its_slot(rdb: redis.Redis) -> None:
     assert rl.usage("sim/a")["in_flight"] == 1
 
 
-@pytest.mark.integration
 def test_renewing_keeps_a_slot_past_its_first_lease(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(concurrency=1))
     assert rl.acquire_slot("sim/a", "alive", lease_s=0.3)
@@ -327,7 +312,6 @@ def test_renewing_keeps_a_slot_past_its_first_lease(rdb: redis.Redis) -> None:
     assert rl.acquire_slot("sim/a", "other", lease_s=0.3)
 
 
-@pytest.mark.integration
 def test_model_without_a_cap_has_no_slots(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=5))
     assert all(rl.acquire_slot("sim/a", f"h{i}") for i in range(100))
@@ -354,7 +338,6 @@ def _fill(rl: RateLimiter, model: str, n: int, tokens: int = 1) -> list[str]:
     return reservations
 
 
-@pytest.mark.integration
 def test_waiting_jobs_take_freed_requests_in_the_order_they_joined(rdb: redis.Redis) -> None:
     # A long window: units are freed by cancelling the entries that fill it, not by the clock.
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=3))
@@ -376,7 +359,6 @@ def test_waiting_jobs_take_freed_requests_in_the_order_they_joined(rdb: redis.Re
     assert rl.usage("sim/a")["waiting"] == 0
 
 
-@pytest.mark.integration
 def test_a_waiting_job_may_take_what_nobody_ahead_of_it_needs(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=3))
     fill = _fill(rl, "sim/a", 3)
@@ -390,7 +372,6 @@ def test_a_waiting_job_may_take_what_nobody_ahead_of_it_needs(rdb: redis.Redis) 
     assert rl.usage("sim/a")["rpm_used"] == 3
 
 
-@pytest.mark.integration
 def test_a_new_arrival_cannot_jump_the_line(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1), b=ModelConfig(concurrency=1))
     (only,) = _fill(rl, "sim/a", 1)
@@ -412,7 +393,6 @@ def test_a_new_arrival_cannot_jump_the_line(rdb: redis.Redis) -> None:
     assert rl.usage("sim/b")["in_flight"] == 1
 
 
-@pytest.mark.integration
 def test_the_tokens_the_jobs_ahead_want_are_kept_for_them(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(tpm=100))
     (full,) = _fill(rl, "sim/a", 1, tokens=100)
@@ -425,7 +405,6 @@ def test_the_tokens_the_jobs_ahead_want_are_kept_for_them(rdb: redis.Redis) -> N
     assert rl.usage("sim/a")["tpm_used"] == 90
 
 
-@pytest.mark.integration
 def test_a_job_refused_again_keeps_its_place(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1))
     (only,) = _fill(rl, "sim/a", 1)
@@ -439,7 +418,6 @@ def test_a_job_refused_again_keeps_its_place(rdb: redis.Redis) -> None:
     assert rl.acquire("sim/a", 1, job_id="j1").allowed
 
 
-@pytest.mark.integration
 def test_admission_takes_the_job_out_of_the_line(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1, tpm=100))
     (only,) = _fill(rl, "sim/a", 1)
@@ -451,7 +429,6 @@ def test_admission_takes_the_job_out_of_the_line(rdb: redis.Redis) -> None:
     assert rl.usage("sim/a")["waiting"] == 0
 
 
-@pytest.mark.integration
 def test_a_job_that_went_elsewhere_leaves_the_line(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(rpm=1))
     (only,) = _fill(rl, "sim/a", 1)
@@ -463,7 +440,6 @@ def test_a_job_that_went_elsewhere_leaves_the_line(rdb: redis.Redis) -> None:
     assert rl.acquire("sim/a", 1, job_id="next").allowed
 
 
-@pytest.mark.integration
 def test_wake_times_follow_the_line(rdb: redis.Redis) -> None:
     window = 5.0
     rl = limiter(rdb, window, a=ModelConfig(rpm=3), b=ModelConfig(concurrency=1))
@@ -493,7 +469,6 @@ def test_wake_times_follow_the_line(rdb: redis.Redis) -> None:
     assert slot_waits[0] == SLOT_POLL_S and slot_waits[-1] <= SLOT_WAIT_MAX_S
 
 
-@pytest.mark.integration
 def test_a_dead_job_at_the_head_lapses_and_the_line_moves_on(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 30.0, a=ModelConfig(concurrency=1))
     assert rl.acquire("sim/a", 0, holder="running").allowed
@@ -510,7 +485,6 @@ def test_a_dead_job_at_the_head_lapses_and_the_line_moves_on(rdb: redis.Redis) -
     assert rl.usage("sim/a")["waiting"] == 0
 
 
-@pytest.mark.integration
 def test_line_keys_expire_with_the_last_waiting_job(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.5, a=ModelConfig(rpm=1, tpm=50))
     rl.acquire("sim/a", 5)
@@ -520,7 +494,6 @@ def test_line_keys_expire_with_the_last_waiting_job(rdb: redis.Redis) -> None:
         assert 0 < rdb.pttl(key) <= (refused.retry_in_s + 1.0) * 1000 + 1001
 
 
-@pytest.mark.integration
 def test_jobs_waiting_in_line_never_overshoot_any_limit(rdb: redis.Redis) -> None:
     window, rpm, tpm, cap = 1.0, 20, 300, 3
     rl = limiter(rdb, window, a=ModelConfig(rpm=rpm, tpm=tpm, concurrency=cap))

@@ -32,7 +32,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-ROLES = frozenset({"system", "user", "assistant"})
 
 
 @dataclass(frozen=True)
