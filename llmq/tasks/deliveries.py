@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from llmq.models.base import utcnow
-from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
+from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
 from llmq.tasks.enqueue import enqueue_webhook
 from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
 

@@ -38,7 +38,7 @@ from typing import Any
 import redis
 import structlog
 
-from llmq.models.transitions import ClaimedJob
+from llmq.models.records import ClaimedJob
 from llmq.settings import Settings
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.cache import CachedAnswer

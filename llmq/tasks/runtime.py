@@ -26,8 +26,8 @@ import structlog
 
 from llmq.heap import keep_startup_heap_out_of_gc
 from llmq.models.db import Database
-from llmq.models.transitions import CallResult, ClaimedJob, SendNow
-from llmq.models.webhook_events import EventToSend
+from llmq.models.outbox import EventToSend
+from llmq.models.records import CallResult, ClaimedJob, SendNow
 from llmq.settings import Settings, get_settings
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
