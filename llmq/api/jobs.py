@@ -9,25 +9,18 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
-from sqlalchemy import select, update
 
 from llmq.api.auth import require_tenant
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
 from llmq.config.providers import is_known_model
-from llmq.models.base import utcnow
-from llmq.models.tables import Attempt, Job, job_public
-from llmq.models.transitions import (
-    IdempotencyConflict,
-    JobAlreadyEnded,
-    JobNotFound,
-    NewJob,
-    cancel_job,
-    create_job,
-    get_job,
-)
-from llmq.models.webhook_events import events_for_job, schedule_redelivery
-from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.models.base import isoformat, utcnow
+from llmq.models.outbox import events_for_job, schedule_redelivery
+from llmq.models.records import IdempotencyConflict, JobAlreadyEnded, JobNotFound, NewJob
+from llmq.models.submit import attempts_of, cancel_job, create_job, get_job, mark_not_enqueued
+from llmq.models.submit import list_jobs as jobs_page
+from llmq.models.tables import Job, job_public
+from llmq.tasks.enqueue import try_enqueue_job, try_enqueue_webhook
 from llmq.tasks.inflight import publish_cancel
 from llmq.workers.progress import show_live_progress
 from llmq.workers.ssrf import BlockedDestination, check_at_submit
@@ -126,13 +119,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         return jsonify(payload), 200, {"Location": location}
     # The row is committed, so the job is durable: the database is the outbox. If the broker cannot
     # take the message now, the job is marked never-enqueued and the sweeper enqueues it later.
-    try:
-        enqueue_job(payload["id"])
-    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        logger.warning("enqueue_deferred", job_id=payload["id"], error=type(exc).__name__)
+    if not try_enqueue_job(payload["id"]):
         try:
             with _db().transaction() as session:
-                session.execute(update(Job).where(Job.id == payload["id"]).values(enqueued_at=None))
+                mark_not_enqueued(session, payload["id"])
         except Exception:  # still safe: the sweeper re-enqueues stale queued jobs too
             logger.warning("enqueue_mark_failed", job_id=payload["id"])
     logger.info("job_submitted", job_id=payload["id"], model=model)
@@ -166,9 +156,6 @@ def attempts(job_id: str) -> Response:
             get_job(session, g.tenant.id, job_id)
         except JobNotFound:
             raise ApiError(404, f"no job {job_id!r}") from None
-        rows = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
-        from llmq.models.base import isoformat
-
         data = [
             {
                 "number": a.number,
@@ -183,7 +170,7 @@ def attempts(job_id: str) -> Response:
                 "latency_ms": a.latency_ms,
                 "retry_after_s": a.retry_after_s,
             }
-            for a in rows
+            for a in attempts_of(session, job_id)
         ]
     return jsonify({"object": "list", "data": data})
 
@@ -205,10 +192,7 @@ def cancel(job_id: str) -> Response:
     except Exception:  # the worker's lease keeper notices within lease_s / 3 anyway
         logger.warning("cancel_publish_failed", job_id=job_id)
     for event_id in transition.event_ids:
-        try:
-            enqueue_webhook(event_id)
-        except Exception:  # the sweeper delivers events that no message carries
-            logger.warning("webhook_enqueue_failed", event_id=event_id)
+        try_enqueue_webhook(event_id)
     logger.info("job_cancelled", job_id=job_id)
     return jsonify(payload)
 
@@ -238,7 +222,7 @@ def redeliver(job_id: str) -> tuple[Response, int]:
         event_id = schedule_redelivery(session, job_id, utcnow())
         if event_id is None:
             raise ApiError(409, "this job has no webhook event to redeliver yet", type="conflict")
-    enqueue_webhook(event_id)
+    try_enqueue_webhook(event_id)  # the event is due now: the sweeper sends it if the broker is away
     with _db().session() as session:
         data = events_for_job(session, job_id)
     return jsonify({"object": "list", "data": data}), 202
@@ -248,19 +232,11 @@ def redeliver(job_id: str) -> tuple[Response, int]:
 @require_tenant
 def list_jobs() -> Response:
     query = JobListQuery.model_validate(request.args.to_dict())
-    stmt = select(Job).where(Job.tenant_id == g.tenant.id)
-    if query.status:
-        stmt = stmt.where(Job.status == query.status)
-    if query.cursor:
-        created_at, last_id = _decode_cursor(query.cursor)
-        stmt = stmt.where(
-            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < last_id))
-        )
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(query.limit + 1)
+    after = _decode_cursor(query.cursor) if query.cursor else None
     with _db().session() as session:
-        jobs = list(session.scalars(stmt))
-    has_more = len(jobs) > query.limit
-    jobs = jobs[: query.limit]
+        jobs, has_more = jobs_page(
+            session, tenant_id=g.tenant.id, status=query.status, after=after, limit=query.limit
+        )
     next_cursor = _encode_cursor(jobs[-1]) if has_more else None
     views = [job_public(j) for j in jobs]
     show_live_progress(current_app.extensions["llmq.redis"], zip(jobs, views, strict=True))

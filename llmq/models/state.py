@@ -9,8 +9,9 @@
       │  └──────────────────────────▶ cancelled
       └─ (from processing, too) ───▶ cancelled
 
-A final state is never left. Every transition in ``transitions.py`` is a compare-and-set on the
-expected current status, so a duplicate task delivery or a late worker changes nothing.
+A final state is never left. Every transition (``submit.py``, ``claim.py``, ``finish.py``,
+``recovery.py``) is a compare-and-set on the expected current status, so a duplicate task
+delivery or a late worker changes nothing.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import structlog
 
-from llmq.models.transitions import CallFailure, CallResult, ClaimedJob
+from llmq.models.records import CallFailure, CallResult, ClaimedJob
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest, ProviderResponse
 from llmq.workers.providers.errors import ProviderServerError, ProviderTimeoutError

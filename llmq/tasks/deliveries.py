@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from llmq.models.base import utcnow
-from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
-from llmq.tasks.enqueue import enqueue_webhook
+from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
+from llmq.tasks.enqueue import try_enqueue_webhook
 from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
 
 if TYPE_CHECKING:
@@ -64,10 +64,5 @@ def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOu
             retry_in_s=delay,
         )
         if delay is not None and delay <= settings.max_countdown_s:
-            try:
-                enqueue_webhook(record.event.event_id, countdown=delay)
-            except Exception as exc:  # broker away: the event is due in the database, the sweeper sends it
-                logger.warning(
-                    "webhook_retry_enqueue_deferred", event_id=record.event.event_id, error=type(exc).__name__
-                )
+            try_enqueue_webhook(record.event.event_id, countdown=delay)
     return statuses

@@ -11,10 +11,12 @@ import json
 import time
 
 import redis
+import structlog
 
 from llmq.tasks.app import LLM_QUEUE, WEBHOOK_QUEUE, celery_app
 
 SENT_AT_HEADER = "llmq_sent_at"
+logger = structlog.get_logger(__name__)
 
 
 def enqueue_job(job_id: str, countdown: float | None = None) -> None:
@@ -29,6 +31,28 @@ def enqueue_job(job_id: str, countdown: float | None = None) -> None:
 
 def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
     celery_app.send_task("llmq.deliver_webhook", args=[event_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
+def try_enqueue_job(job_id: str, countdown: float | None = None) -> bool:
+    """Enqueue, or log and leave it to the sweeper when the broker cannot take it now (the job's
+    row says it is queued and due: the sweeper sends every such job the broker does not carry)."""
+    try:
+        enqueue_job(job_id, countdown=countdown)
+        return True
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        logger.warning("enqueue_deferred", job_id=job_id, error=type(exc).__name__)
+        return False
+
+
+def try_enqueue_webhook(event_id: str, countdown: float | None = None) -> bool:
+    """Enqueue a webhook attempt, or log and leave it to the sweeper (the event is due in the
+    database, and the sweeper sends due events that no message carries)."""
+    try:
+        enqueue_webhook(event_id, countdown=countdown)
+        return True
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        logger.warning("webhook_enqueue_deferred", event_id=event_id, error=type(exc).__name__)
+        return False
 
 
 def oldest_waiting_sent_at(client: redis.Redis, queue: str = LLM_QUEUE) -> float | None:

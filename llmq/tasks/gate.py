@@ -39,7 +39,7 @@ import redis
 import structlog
 
 from llmq.config.settings import Settings
-from llmq.models.transitions import ClaimedJob
+from llmq.models.records import ClaimedJob
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.cache import CachedAnswer
 from llmq.workers.ratelimit import ModelLimits, estimate_tokens

@@ -30,23 +30,12 @@ import structlog
 from celery import Task
 
 from llmq.models.base import utcnow
+from llmq.models.claim import claim_job, park_job, record_attempt
 from llmq.models.db import is_database_outage, retry_on_database_outage
-from llmq.models.transitions import (
-    CallResult,
-    ClaimedJob,
-    Completion,
-    TransitionResult,
-    claim_job,
-    complete_job,
-    complete_jobs,
-    discard_attempt,
-    expire_overdue,
-    fail_attempt,
-    hand_back,
-    job_exists,
-    park_job,
-    record_attempt,
-)
+from llmq.models.finish import complete_job, complete_jobs, discard_attempt, fail_attempt, hand_back
+from llmq.models.records import CallResult, ClaimedJob, Completion, TransitionResult
+from llmq.models.recovery import expire_overdue
+from llmq.models.submit import job_exists
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook

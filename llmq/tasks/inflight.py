@@ -23,12 +23,10 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import tuple_, update
 
 from llmq.models.base import utcnow
+from llmq.models.claim import renew_leases
 from llmq.models.db import Database
-from llmq.models.state import JobStatus
-from llmq.models.tables import Job
 from llmq.workers.ratelimit import RateLimiter
 
 logger = structlog.get_logger(__name__)
@@ -170,18 +168,7 @@ class LeaseKeeper(threading.Thread):
             return 0
         now = utcnow()
         with self.db.transaction() as session:
-            renewed = set(
-                session.scalars(
-                    update(Job)
-                    .where(
-                        Job.status == JobStatus.PROCESSING.value,
-                        tuple_(Job.id, Job.lease_token).in_(held),
-                    )
-                    .values(lease_expires_at=now + timedelta(seconds=self.lease_s))
-                    .returning(Job.id)
-                    .execution_options(synchronize_session=False)
-                )
-            )
+            renewed = renew_leases(session, held, until=now + timedelta(seconds=self.lease_s))
         for job_id, _ in held:
             if job_id not in renewed and self.inflight.cancel(job_id):
                 logger.info("lease_lost_call_cancelled", job_id=job_id)

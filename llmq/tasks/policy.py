@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmq.models.base import utcnow
-from llmq.models.transitions import CallFailure, ClaimedJob
+from llmq.models.records import CallFailure, ClaimedJob
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers.errors import (
     ContentPolicyError,

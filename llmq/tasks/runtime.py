@@ -28,8 +28,8 @@ from llmq.config.providers_file import load_providers_file
 from llmq.config.settings import Settings, get_settings
 from llmq.heap import keep_startup_heap_out_of_gc
 from llmq.models.db import Database
-from llmq.models.transitions import CallResult, ClaimedJob, SendNow
-from llmq.models.webhook_events import EventToSend
+from llmq.models.outbox import EventToSend
+from llmq.models.records import CallResult, ClaimedJob, SendNow
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper

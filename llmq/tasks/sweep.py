@@ -25,13 +25,16 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 import structlog
-from sqlalchemy import select, update
 
 from llmq.models.base import utcnow
-from llmq.models.state import JobStatus
-from llmq.models.tables import Job
-from llmq.models.transitions import expire_overdue, recover_expired_lease
-from llmq.models.webhook_events import due_events
+from llmq.models.outbox import due_events
+from llmq.models.recovery import (
+    expire_overdue,
+    expired_leases,
+    jobs_to_resend,
+    overdue_jobs,
+    recover_expired_lease,
+)
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook, oldest_waiting_sent_at
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
@@ -57,48 +60,17 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
     requeue_after = timedelta(seconds=rt.settings.requeue_after_s)
     # Read the line before the jobs: a job sent before its head and not started is not on the broker.
     sent_before = line_position(rt, now) - requeue_after
-    queued = Job.status == JobStatus.QUEUED.value
     with rt.db.transaction() as session:
-        due = list(
-            session.scalars(
-                select(Job.id)
-                .where(
-                    queued,
-                    Job.enqueued_at.is_(None),
-                    Job.next_attempt_at.is_(None) | (Job.next_attempt_at <= now),
-                )
-                .order_by(Job.next_attempt_at)
-                .limit(BATCH)
-            )
+        due = jobs_to_resend(
+            session, now=now, sent_before=sent_before, requeue_after=requeue_after, limit=BATCH
         )
-        due += session.scalars(
-            select(Job.id)
-            .where(
-                queued,
-                Job.enqueued_at < sent_before,
-                Job.next_attempt_at.is_(None) | (Job.next_attempt_at < now - requeue_after),
-            )
-            .order_by(Job.enqueued_at)
-            .limit(BATCH)
-        )
-        if due:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(due))
-                .values(enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            )
     for job_id in due:
         enqueue_job(job_id)
     counts["enqueued"] = len(due)
     events: list[str] = []
 
     with rt.db.session() as session:
-        overdue = list(
-            session.scalars(
-                select(Job.id).where(queued, Job.deadline_at < now).order_by(Job.deadline_at).limit(BATCH)
-            )
-        )
+        overdue = overdue_jobs(session, now=now, limit=BATCH)
     for job_id in overdue:
         with rt.db.transaction() as session:
             result = expire_overdue(session, job_id, now)
@@ -106,11 +78,7 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
         counts["deadlines_passed"] += int(result.applied)
 
     with rt.db.transaction() as session:
-        expired = session.execute(
-            select(Job.id, Job.lease_token, Job.attempts, Job.max_attempts)
-            .where(Job.status == JobStatus.PROCESSING.value, Job.lease_expires_at < now)
-            .limit(BATCH)
-        ).all()
+        expired = expired_leases(session, now=now, limit=BATCH)
     requeue: list[str] = []
     for job_id, token, attempts, max_attempts in expired:
         if token is None:

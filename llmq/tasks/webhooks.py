@@ -12,7 +12,7 @@ from celery import Task
 
 from llmq.models.base import utcnow
 from llmq.models.db import retry_on_database_outage
-from llmq.models.webhook_events import EventToSend, claim_event
+from llmq.models.outbox import EventToSend, claim_event
 from llmq.tasks.app import celery_app
 from llmq.tasks.deliveries import record_attempt
 from llmq.tasks.runtime import WorkerRuntime, get_runtime

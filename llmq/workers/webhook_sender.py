@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from llmq.models.webhook_events import EventToSend
+from llmq.models.outbox import EventToSend
 from llmq.webhooks import sign
 from llmq.workers.providers.errors import parse_retry_after
 from llmq.workers.ssrf import BlockedDestination, pin

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from llmq.models.db import Database
 from llmq.models.migrate import heads
-from llmq.models.tables import Job
+from llmq.models.tables import Job, WebhookEvent
 from llmq.models.tenants import IssuedKey
 
 
@@ -251,6 +251,32 @@ def test_submit_with_the_broker_down_is_still_accepted_and_kept_for_the_sweeper(
             job = session.get(Job, response.get_json()["id"])
             assert job is not None and job.status == "queued"
             assert job.enqueued_at is None  # the outbox mark: the sweeper enqueues it
+    finally:
+        app.extensions["llmq.db"].dispose()
+        configure_celery(settings)
+
+
+def test_cancel_and_redeliver_with_the_broker_down_answer_and_leave_the_event_to_the_sweeper(
+    settings: Any, tenant: IssuedKey, database: Database
+) -> None:
+    from llmq.api.app import create_app
+    from llmq.tasks.app import configure_celery
+
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    app = create_app(broken)
+    auth = {"Authorization": f"Bearer {tenant.api_key}"}
+    try:
+        client = app.test_client()
+        body = {"prompt": "hi", "webhook_url": "http://127.0.0.1:9/hook"}
+        job_id = client.post("/v1/jobs", json=body, headers=auth).get_json()["id"]
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+        response = client.post(f"/v1/jobs/{job_id}/webhooks/redeliver", headers=auth)
+        assert response.status_code == 202, response.get_json()
+        (event,) = response.get_json()["data"]
+        assert event["type"] == "job.cancelled"
+        with database.session() as session:
+            stored = session.get(WebhookEvent, event["id"])
+            assert stored is not None and stored.status == "pending" and stored.next_attempt_at is not None
     finally:
         app.extensions["llmq.db"].dispose()
         configure_celery(settings)

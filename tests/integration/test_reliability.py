@@ -14,22 +14,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from llmq.models.base import utcnow
+from llmq.models.claim import claim_job, park_job, record_attempt
 from llmq.models.db import Database
+from llmq.models.finish import complete_jobs
+from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
+from llmq.models.records import CallResult, Completion, NewJob, SendNow
 from llmq.models.state import AttemptOutcome
+from llmq.models.submit import create_job
 from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent, job_public
 from llmq.models.tenants import IssuedKey
-from llmq.models.transitions import (
-    CallResult,
-    Completion,
-    NewJob,
-    SendNow,
-    claim_job,
-    complete_jobs,
-    create_job,
-    park_job,
-    record_attempt,
-)
-from llmq.models.webhook_events import DeliveryRecord, EventToSend, record_deliveries
 from llmq.webhooks import verify
 from tests.integration.conftest import SimulatorControl, settle, unique_model, wait_for_status
 from tests.integration.services import WebhookReceiver, wait_for

@@ -33,7 +33,6 @@ __all__ = [
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class ChatMessage:
     role: str  # system | user | assistant

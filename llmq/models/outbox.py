@@ -1,4 +1,8 @@
-"""Webhook events on the database side: who sends an event next, and what each attempt gave.
+"""The webhook outbox on the database side: who sends an event next, and what each attempt gave.
+
+The events themselves are written by the transitions that end a job (``finish.py``), in the same
+transaction as the final state; this module is what happens to them afterwards, so the webhook
+tasks and the API's event views share one set of queries.
 
 An event is claimed for one send by pushing its ``next_attempt_at`` past the send's timeout
 (compare-and-set), so two deliveries of the same task never POST the same attempt twice.
@@ -8,14 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat
 from llmq.models.db import as_arrays, on_postgres
 from llmq.models.state import WebhookEventStatus
+from llmq.models.statements import DELIVERIES, EVENTS
 from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
 
 
@@ -79,11 +84,9 @@ class DeliveryRecord:
         return WebhookEventStatus.PENDING
 
 
-_DELIVERIES = cast(Table, WebhookDelivery.__table__)
-_EVENTS = cast(Table, WebhookEvent.__table__)
 _MOVE_EVENT = (
-    update(_EVENTS)
-    .where(_EVENTS.c.id == bindparam("b_event_id"))
+    update(EVENTS)
+    .where(EVENTS.c.id == bindparam("b_event_id"))
     .values(
         status=bindparam("b_status"),
         last_status_code=bindparam("b_status_code"),
@@ -147,26 +150,9 @@ def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[s
         session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, as_arrays(deliveries))
         session.execute(_MOVE_EVENTS_FROM_ARRAYS, as_arrays(moves))
     else:
-        session.execute(insert(_DELIVERIES), deliveries)
+        session.execute(insert(DELIVERIES), deliveries)
         session.execute(_MOVE_EVENT, moves)
     return [r.status.value for r in records]
-
-
-def record_delivery(
-    session: Session,
-    event: EventToSend,
-    *,
-    now: datetime,
-    status_code: int | None,
-    latency_ms: int,
-    error: str | None,
-    success: bool,
-    next_attempt_at: datetime | None,
-    stop: bool = False,
-) -> str:
-    """Write the attempt and move the event on. Returns the event's new status."""
-    record = DeliveryRecord(event, now, status_code, latency_ms, error, success, next_attempt_at, stop)
-    return record_deliveries(session, [record])[0]
 
 
 def due_events(session: Session, *, now: datetime, limit: int = 500) -> list[str]:

@@ -1,0 +1,156 @@
+"""The API's side of the state machine: a job submitted, read, listed, cancelled.
+
+What the API (and the CLI) write and read about jobs lives here rather than in the views, so the
+views hold no SQL and a rule (a tenant sees only its own jobs, a cancel races a worker safely)
+is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from llmq.models.base import new_id
+from llmq.models.finish import ended
+from llmq.models.records import IdempotencyConflict, JobAlreadyEnded, JobNotFound, NewJob, TransitionResult
+from llmq.models.state import ACTIVE_STATUSES, JobStatus
+from llmq.models.statements import COLUMN_OF, INSERT_JOB, JOBS, UNSET_JOB, compare_and_set, final_values
+from llmq.models.tables import Attempt, Job
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    new: NewJob,
+    now: datetime,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    idempotency_ttl_s: int = 86400,
+) -> tuple[Any, bool]:
+    """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
+    replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
+    just inserted, the stored Job for a replay. The unique constraint on (tenant, key), not a
+    read-then-write, settles races."""
+    fingerprint = new.fingerprint()
+    for _ in range(3):
+        values = dict(
+            id=new_id("job_"),
+            tenant_id=tenant_id,
+            status=JobStatus.QUEUED.value,
+            model=new.model,
+            messages=new.messages,
+            max_tokens=new.max_tokens,
+            temperature=new.temperature,
+            end_user=new.user,
+            webhook_url=new.webhook_url,
+            metadata_=new.metadata,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            max_attempts=max_attempts,
+            deadline_at=now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
+            fallbacks=new.fallbacks,
+            use_cache=new.use_cache,
+            degraded_ok=new.degraded_ok,
+            attempts=0,
+            model_attempts=0,
+            progress=0.0,
+            cached=False,
+            degraded=False,
+            enqueued_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        if idempotency_key is None:  # the common case: one INSERT, no unit of work
+            session.execute(INSERT_JOB, {COLUMN_OF[key]: v for key, v in values.items()})
+            return SimpleNamespace(**{**UNSET_JOB, **values}), True
+        job = Job(**values)
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = session.scalars(
+                select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+            ).first()
+            if existing is None:  # deleted between the insert and the read: try again
+                continue
+            if existing.created_at < now - timedelta(seconds=idempotency_ttl_s):
+                existing.idempotency_key = None  # expired: the key is free again
+                session.flush()
+                continue
+            if existing.request_fingerprint != fingerprint:
+                raise IdempotencyConflict(existing) from None
+            return existing, False
+        else:
+            return job, True
+    raise RuntimeError("could not settle the Idempotency-Key after 3 tries")
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise JobNotFound(job_id)
+    return job
+
+
+def job_exists(session: Session, job_id: str) -> bool:
+    return session.scalar(select(JOBS.c.id).where(JOBS.c.id == job_id)) is not None
+
+
+def cancel_job(session: Session, *, tenant_id: str, job_id: str, now: datetime) -> TransitionResult:
+    """``queued|processing → cancelled``. A worker still calling the provider loses its lease, so
+    its answer, when it comes, is discarded by the compare-and-set in :func:`complete_job`."""
+    applied = compare_and_set(
+        session,
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.tenant_id == tenant_id,
+            Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+        )
+        .values(**final_values(JobStatus.CANCELLED, "cancelled", "cancelled by request", now))
+        .execution_options(synchronize_session=False),
+    )
+    if not applied:
+        job = get_job(session, tenant_id, job_id)  # raises JobNotFound
+        raise JobAlreadyEnded(job)
+    return ended(session, job_id, JobStatus.CANCELLED, now)
+
+
+def mark_not_enqueued(session: Session, job_id: str) -> None:
+    """The broker did not take the job's message at submit: leave it to the sweeper to send."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: str,
+    status: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> tuple[list[Job], bool]:
+    """A page of the tenant's jobs, newest first: at most ``limit`` after the cursor ``after``
+    (the ``(created_at, id)`` of the last job of the previous page), and whether more follow."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if after:
+        created_at, last_id = after
+        stmt = stmt.where(
+            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < last_id))
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.scalars(stmt))
+    return jobs[:limit], len(jobs) > limit
+
+
+def attempts_of(session: Session, job_id: str) -> Sequence[Attempt]:
+    """Every attempt of a job, in order."""
+    return session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)).all()
