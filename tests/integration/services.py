@@ -87,6 +87,24 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subpr
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def start_llm_worker(
+    settings: Settings, name: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """An LLM worker started with the Procfile's command (``llmq worker --queues llm``), once it
+    answers a ping."""
+    from llmq.tasks.app import configure_celery
+
+    env = {**settings_env(settings), **(extra_env or {})}
+    proc = start_process([str(VENV_BIN / "llmq"), "worker", "--queues", "llm", "-n", name], env, log_path)
+    app = configure_celery(settings)
+    try:
+        wait_for(lambda: app.control.ping(destination=[name], timeout=1.0), timeout=60, what=name)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     if proc.poll() is not None:
         return

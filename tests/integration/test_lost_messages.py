@@ -18,7 +18,6 @@ once: one successful attempt, and no more provider calls than attempts.
 from __future__ import annotations
 
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +37,9 @@ from llmq.models.tables import Attempt, Job
 from llmq.tasks.app import LLM_QUEUE, configure_celery
 from tests.integration.conftest import DATABASE_URL, SimulatorControl, settle, unique_model, wait_for_status
 from tests.integration.services import (
-    VENV_BIN,
     celery_worker_argv,
     settings_env,
+    start_llm_worker,
     start_process,
     stop_process,
     wait_for,
@@ -99,17 +98,6 @@ def broker(lost_settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _start_llm_worker(
-    settings: Settings, name: str, log: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """An LLM worker started with the Procfile's command."""
-    env = {**settings_env(settings), **(extra_env or {})}
-    proc = start_process([str(VENV_BIN / "llmq"), "worker", "--queues", "llm", "-n", name], env, log)
-    app = configure_celery(settings)
-    wait_for(lambda: app.control.ping(destination=[name], timeout=1.0), timeout=60, what=name)
-    return proc
-
-
 def _pause(settings: Settings, node: str) -> None:
     app = configure_celery(settings)
     reply = app.control.cancel_consumer(LLM_QUEUE, destination=[node], reply=True, timeout=5)
@@ -158,7 +146,7 @@ def test_jobs_taken_by_a_worker_on_another_database_are_sent_again_and_run_once(
     recreate_database(foreign_url)
     foreign_settings = lost_settings.model_copy(update={"database_url": foreign_url})
     foreign_node = f"foreign-{uuid.uuid4().hex[:6]}@127.0.0.1"
-    foreign = _start_llm_worker(foreign_settings, foreign_node, logs_dir / "lost-foreign.log")
+    foreign = start_llm_worker(foreign_settings, foreign_node, logs_dir / "lost-foreign.log")
     bare = unique_model("lost")
     model = f"openai/{bare}"
     client = lost_app.test_client()
@@ -198,7 +186,7 @@ def test_jobs_reserved_by_a_sigkilled_worker_are_sent_again_without_waiting_for_
     httpx.post(f"{sim.url}/_sim/stats/reset")
     doomed_node = f"doomed-{uuid.uuid4().hex[:6]}@127.0.0.1"
     # One call in flight at most: its other pool threads hold reserved messages, waiting for room.
-    doomed = _start_llm_worker(
+    doomed = start_llm_worker(
         lost_settings,
         doomed_node,
         logs_dir / "lost-doomed.log",

@@ -19,10 +19,8 @@ from llmq.config.settings import Settings
 from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, unique_model, wait_for_status
 from tests.integration.services import (
-    VENV_BIN,
     WebhookReceiver,
-    settings_env,
-    start_process,
+    start_llm_worker,
     stop_process,
     wait_for,
 )
@@ -42,13 +40,13 @@ def bounded_settings(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def bounded_worker(bounded_settings: Settings, simulator: str, logs_dir: Path) -> Iterator[str]:
-    env = {**settings_env(bounded_settings), "LLMQ_WORKER_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT)}
-    proc = start_process(
-        [str(VENV_BIN / "llmq"), "worker", "--queues", "llm", "-n", NODE], env, logs_dir / "bounded.log"
+    proc = start_llm_worker(
+        bounded_settings,
+        NODE,
+        logs_dir / "bounded.log",
+        {"LLMQ_WORKER_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT)},
     )
-    app = configure_celery(bounded_settings)
     try:
-        wait_for(lambda: app.control.ping(destination=[NODE], timeout=1.0), timeout=60, what=NODE)
         yield NODE
     finally:
         stop_process(proc)

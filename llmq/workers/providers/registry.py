@@ -24,7 +24,7 @@ import httpx2
 import structlog
 
 from llmq.config.model_ids import split_model
-from llmq.config.providers import ProviderSpec, provider_specs
+from llmq.config.providers import ProviderSpec, is_known_model, provider_specs
 from llmq.workers.providers.anthropic_provider import AnthropicProvider
 from llmq.workers.providers.base import Provider
 from llmq.workers.providers.openai_provider import OpenAIProvider
@@ -89,11 +89,7 @@ class ProviderRegistry:
             raise self._unknown(provider_name) from None
 
     def is_known(self, model: str) -> bool:
-        try:
-            provider, _ = split_model(model)
-        except ValueError:
-            return False
-        return provider in self._specs
+        return is_known_model(self._specs, model)
 
     def resolve(self, model: str) -> tuple[Provider, str]:
         """``(client, bare model name)`` for ``"provider/model"``; the client is built once."""
