@@ -11,6 +11,7 @@ moves to a final state (cancel, deadline, lost worker) write their event with :f
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -49,10 +50,17 @@ from llmq.models.statements import (
 from llmq.models.tables import job_public
 
 
+@functools.cache
+def _end_attempt(keys: tuple[str, ...]) -> Any:
+    """End an attempt that is still open: one that has ended (marked ``lost`` by the sweeper, or
+    closed by a commit that is now being retried after an outage) keeps what it says."""
+    return update_attempt(keys).where(ATTEMPTS.c.ended_at.is_(None))
+
+
 def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> None:
     values["ended_at"] = now
     params = {"w_job_id": claim.job_id, "w_number": claim.attempt_number}
-    session.execute(update_attempt(tuple(values)), params | {f"v_{k}": v for k, v in values.items()})
+    session.execute(_end_attempt(tuple(values)), params | {f"v_{k}": v for k, v in values.items()})
 
 
 def _held_params(claim: ClaimedJob, values: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +152,7 @@ def _complete_from_arrays() -> TextClause:
             prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens
         FROM input LEFT JOIN done ON done.id = input.id
         WHERE attempts.job_id = input.id AND attempts.number = input.number
+            AND attempts.ended_at IS NULL
     ), announced AS (
         INSERT INTO {EVENTS.name} (id, job_id, tenant_id, type, url, payload, status, attempts,
                                    next_attempt_at, created_at, updated_at)

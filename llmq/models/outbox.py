@@ -84,9 +84,15 @@ class DeliveryRecord:
         return WebhookEventStatus.PENDING
 
 
+# An attempt moves its event only if the event still waits on that attempt (pending, and no newer
+# attempt claimed since): a late record of an older attempt must not undo what a newer one did.
 _MOVE_EVENT = (
     update(EVENTS)
-    .where(EVENTS.c.id == bindparam("b_event_id"))
+    .where(
+        EVENTS.c.id == bindparam("b_event_id"),
+        EVENTS.c.status == WebhookEventStatus.PENDING.value,
+        EVENTS.c.attempts == bindparam("b_attempt"),
+    )
     .values(
         status=bindparam("b_status"),
         last_status_code=bindparam("b_status_code"),
@@ -94,6 +100,7 @@ _MOVE_EVENT = (
         next_attempt_at=bindparam("b_next_at"),
         updated_at=bindparam("b_now"),
     )
+    .returning(EVENTS.c.id)
 )
 
 
@@ -111,15 +118,23 @@ _MOVE_EVENTS_FROM_ARRAYS = text(
         delivered_at = m.delivered_at, next_attempt_at = m.next_at, updated_at = m.now
     FROM unnest(CAST(:b_event_id AS text[]), CAST(:b_status AS text[]), CAST(:b_status_code AS integer[]),
                 CAST(:b_delivered_at AS timestamptz[]), CAST(:b_next_at AS timestamptz[]),
-                CAST(:b_now AS timestamptz[])) AS m(id, status, status_code, delivered_at, next_at, now)
-    WHERE webhook_events.id = m.id
+                CAST(:b_now AS timestamptz[]), CAST(:b_attempt AS integer[]))
+         AS m(id, status, status_code, delivered_at, next_at, now, attempt)
+    WHERE webhook_events.id = m.id AND webhook_events.status = 'pending'
+        AND webhook_events.attempts = m.attempt
+    RETURNING webhook_events.id
     """
 )
 
 
+# What record_deliveries says of an attempt whose event had moved on without it (a newer attempt
+# was claimed, or the event ended): the attempt is recorded, the event left as it is.
+SUPERSEDED = "superseded"
+
+
 def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[str]:
     """Write the attempts and move their events on, all in two statements. Returns each event's
-    new status."""
+    new status, or :data:`SUPERSEDED` for an event that no longer waited on that attempt."""
     if not records:
         return []
     deliveries = [
@@ -142,17 +157,18 @@ def record_deliveries(session: Session, records: list[DeliveryRecord]) -> list[s
             "b_delivered_at": r.now if r.success else None,
             "b_next_at": r.next_attempt_at if r.status is WebhookEventStatus.PENDING else None,
             "b_now": r.now,
+            "b_attempt": r.event.attempt,
         }
         for r in records
     ]
     if len(records) > 1 and on_postgres(session):
         # A batch: one statement each for the rows and the events, whatever the batch's size.
         session.execute(_INSERT_DELIVERIES_FROM_ARRAYS, as_arrays(deliveries))
-        session.execute(_MOVE_EVENTS_FROM_ARRAYS, as_arrays(moves))
+        moved = set(session.scalars(_MOVE_EVENTS_FROM_ARRAYS, as_arrays(moves)))
     else:
         session.execute(insert(DELIVERIES), deliveries)
-        session.execute(_MOVE_EVENT, moves)
-    return [r.status.value for r in records]
+        moved = {event_id for move in moves for event_id in session.scalars(_MOVE_EVENT, move)}
+    return [r.status.value if r.event.event_id in moved else SUPERSEDED for r in records]
 
 
 def due_events(session: Session, *, now: datetime, limit: int = 500) -> list[str]:

@@ -13,6 +13,7 @@ import structlog
 
 from llmq.models.base import utcnow
 from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
+from llmq.models.state import WebhookEventStatus
 from llmq.tasks.enqueue import try_enqueue_webhook
 from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
 
@@ -53,7 +54,7 @@ def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOu
         statuses = record_deliveries(session, records)
     for record, status in zip(records, statuses, strict=True):
         delay = None
-        if record.next_attempt_at is not None:
+        if record.next_attempt_at is not None and status == WebhookEventStatus.PENDING:
             delay = (record.next_attempt_at - now).total_seconds()
         logger.info(
             "webhook_attempt",

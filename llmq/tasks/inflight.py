@@ -148,10 +148,10 @@ class LeaseKeeper(threading.Thread):
         self.inflight = inflight
         self.lease_s = lease_s
         self.interval = max(0.2, lease_s / 3)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             try:
                 self.renew_once()
             except Exception as exc:  # the database may be briefly away; try again next round
@@ -175,7 +175,7 @@ class LeaseKeeper(threading.Thread):
         return len(renewed)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 class CancelListener(threading.Thread):
@@ -183,28 +183,29 @@ class CancelListener(threading.Thread):
         super().__init__(name="llmq-cancel-listener", daemon=True)
         self.redis_url = redis_url
         self.inflight = inflight
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CANCEL_CHANNEL)
-                while not self._stop.is_set():
+                while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         job_id = message["data"].decode()
                         if self.inflight.cancel(job_id):
                             logger.info("cancelled_call_stopped", job_id=job_id)
-                pubsub.close()
-                client.close()
             except Exception as exc:  # broker restarting: reconnect after a pause
                 logger.warning("cancel_listener_reconnecting", error=type(exc).__name__)
-                self._stop.wait(1.0)
+            finally:  # the next round subscribes afresh: this one's connection must not linger
+                pubsub.close()
+                client.close()
+            self._stopping.wait(1.0)  # only reached after an error, or when stopping
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def publish_cancel(client: redis.Redis, job_id: str) -> None:

@@ -47,7 +47,7 @@ class ProgressWriter(threading.Thread):
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self._lock = threading.Lock()
         self._pending: dict[str, _Report] = {}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def report(self, job_id: str, lease_token: str, text: str, tokens: int, max_tokens: int) -> None:
         """Cheap, called from the event loop on every streamed chunk."""
@@ -60,7 +60,7 @@ class ProgressWriter(threading.Thread):
             self._pending.pop(job_id, None)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stopping.wait(self.interval_s):
             try:
                 self.flush()
             except redis.RedisError as exc:  # Redis may be briefly away; the next flush catches up
@@ -81,7 +81,7 @@ class ProgressWriter(threading.Thread):
         return len(batch)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def show_live_progress(client: redis.Redis, jobs: Iterable[tuple[Any, dict[str, Any]]]) -> None:

@@ -43,7 +43,7 @@ def test_messages_keep_their_roles_in_order() -> None:
     ids=["neither", "both"],
 )
 def test_exactly_one_of_prompt_or_messages(body: dict[str, Any]) -> None:
-    _bad(body)
+    assert _bad(body) == [""]  # the body as a whole, not one field
 
 
 @pytest.mark.parametrize("prompt", ["x", "x" * 100_000])
@@ -53,8 +53,8 @@ def test_prompt_length_bounds_accepted(prompt: str) -> None:
 
 @pytest.mark.parametrize("prompt", ["", "x" * 100_001, 5, None, ["a"]])
 def test_prompt_bad_values(prompt: Any) -> None:
-    body = {"prompt": prompt} if prompt is not None else {"prompt": None}
-    _bad(body)
+    # a null prompt is no prompt: the body then has neither prompt nor messages
+    assert _bad({"prompt": prompt}) == (["prompt"] if prompt is not None else [""])
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,8 @@ def test_prompt_bad_values(prompt: Any) -> None:
     ],
 )
 def test_messages_bad_values(messages: Any) -> None:
-    _bad({"messages": messages})
+    locations = _bad({"messages": messages})
+    assert locations and all(loc.startswith("messages") for loc in locations), locations
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,8 @@ def test_metadata_good() -> None:
     ],
 )
 def test_metadata_bad(metadata: Any) -> None:
-    _bad({"prompt": "a", "metadata": metadata})
+    locations = _bad({"prompt": "a", "metadata": metadata})
+    assert locations and all(loc.startswith("metadata") for loc in locations), locations
 
 
 @pytest.mark.parametrize("user", ["u", "user_1.a-b", "x" * 128])

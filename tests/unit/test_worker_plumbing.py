@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 
 import pytest
+import redis
 
 from llmq.tasks.batch import BatchWriter
-from llmq.tasks.inflight import CallCapacity, InFlightCalls
+from llmq.tasks.inflight import CANCEL_CHANNEL, CallCapacity, CancelListener, InFlightCalls, publish_cancel
 from llmq.workers.providers.base import sse_data
+from tests.integration.services import wait_for
+from tests.unit.conftest import REDIS_URL
 
 
 def test_capacity_blocks_when_full_and_resumes_when_a_call_is_given_back() -> None:
@@ -146,3 +149,38 @@ def test_the_startup_heap_is_kept_out_of_gc_and_later_garbage_is_still_collected
         assert len(gc.get_objects()) <= before + 100  # the frozen heap is not walked again
     finally:
         gc.unfreeze()
+
+
+class _FailingCalls(InFlightCalls):
+    """Calls whose cancel fails the first ``n`` times (a bug while handling a message)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.failures_left = n
+        self.seen: list[str] = []
+
+    def cancel(self, job_id: str) -> bool:
+        self.seen.append(job_id)
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise RuntimeError("bug while cancelling")
+        return False
+
+
+def test_the_cancel_listener_closes_its_subscription_before_it_subscribes_again(rdb: redis.Redis) -> None:
+    calls = _FailingCalls(3)
+    listener = CancelListener(REDIS_URL, calls)
+    listener.start()
+    try:
+        wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=5, what="the subscription")
+        for n in range(3):  # each message makes the handling fail
+            publish_cancel(rdb, f"job_{n}")
+            wait_for(lambda n=n: len(calls.seen) == n + 1, timeout=10, what=f"message {n}")
+            wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 0, timeout=5, what="unsubscribed")
+            wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=10, what="resubscribed")
+        publish_cancel(rdb, "job_3")  # handled without an error, by the one live subscription
+        wait_for(lambda: len(calls.seen) == 4, timeout=10, what="message 3")
+        assert rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, "one subscription, not one per error"
+    finally:
+        listener.stop()
+        listener.join(5)
