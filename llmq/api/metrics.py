@@ -16,10 +16,9 @@ from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from llmq.models.db import Database
-from llmq.models.tables import Attempt, Job, WebhookDelivery
+from llmq.models.stats import attempts_by_outcome, deliveries_by_success, jobs_by_status
 
 REQUESTS = Counter(
     "llmq_http_requests_total", "HTTP requests by endpoint and status", ["method", "endpoint", "status"]
@@ -47,17 +46,11 @@ class DatabaseCollector(Collector):
             "llmq_webhook_deliveries", "Webhook delivery attempts by result", labels=["success"]
         )
         with self.db.session() as session:
-            for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+            for status, count in jobs_by_status(session):
                 jobs.add_metric([status], count)
-            for provider, outcome, count in session.execute(
-                select(Attempt.provider, Attempt.outcome, func.count()).group_by(
-                    Attempt.provider, Attempt.outcome
-                )
-            ):
+            for provider, outcome, count in attempts_by_outcome(session):
                 attempts.add_metric([provider, outcome], count)
-            for success, count in session.execute(
-                select(WebhookDelivery.success, func.count()).group_by(WebhookDelivery.success)
-            ):
+            for success, count in deliveries_by_success(session):
                 deliveries.add_metric([str(bool(success)).lower()], count)
         yield jobs
         yield attempts

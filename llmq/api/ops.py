@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
-from sqlalchemy import text
 
 from llmq.api.metrics import render_metrics
 from llmq.api.openapi import build_openapi
@@ -20,8 +19,7 @@ def health() -> Response:
 def ready() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:
-        with current_app.extensions["llmq.db"].session() as session:
-            session.execute(text("SELECT 1"))
+        current_app.extensions["llmq.db"].ping()
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not reachable"
         checks["database"] = f"unreachable: {type(exc).__name__}"

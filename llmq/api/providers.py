@@ -10,11 +10,10 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
-from sqlalchemy import select
 
 from llmq.api.auth import require_tenant
 from llmq.models.base import utcnow
-from llmq.models.tables import Attempt
+from llmq.models.stats import recent_attempts
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import RateLimiter
 
@@ -38,12 +37,7 @@ def providers() -> Response:
     config = current_app.extensions["llmq.providers"]
     since = utcnow() - timedelta(seconds=WINDOW_S)
     with current_app.extensions["llmq.db"].session() as session:
-        rows = session.execute(
-            select(Attempt.model, Attempt.outcome, Attempt.latency_ms)
-            .where(Attempt.started_at >= since, Attempt.ended_at.is_not(None))
-            .order_by(Attempt.started_at.desc())
-            .limit(SAMPLE)
-        ).all()
+        rows = recent_attempts(session, since=since, limit=SAMPLE)
     calls: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     for model, outcome, latency in rows:
         calls[model].append((outcome, latency))

@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy.exc
 import structlog
 import tenacity
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -50,6 +50,11 @@ class Database:
         """A read-only look (no commit)."""
         with self.sessionmaker() as session:
             yield session
+
+    def ping(self) -> None:
+        """One round trip to the database; raises when it is unreachable."""
+        with self.session() as session:
+            session.execute(text("SELECT 1"))
 
     def dispose(self, *, close: bool = True) -> None:
         """Close pooled connections; after a fork, pass ``close=False`` to only forget the
