@@ -92,7 +92,7 @@ from typing import Any
 import redis
 
 from llmq.config.providers_file import ProvidersConfig
-from llmq.workers.lua_scripts import load_lua
+from llmq.workers.lua import load_lua
 
 __all__ = ["Admission", "ModelLimits", "RateLimiter"]
 
