@@ -38,8 +38,9 @@ State in Redis (all changes in Lua scripts, ``llmq/workers/lua/breaker_*.lua``, 
     llmq:cb:<model>:fails  ZSET  call id → time (µs), the failed ones among them
     llmq:cb:<model>:probe  STR   the probe's token, SET NX with a TTL of probe_timeout_s
 
-The window keys expire with the window; the state hash after a day without a result (an open
-breaker left without traffic that long is closed again, and the next failures open it anew).
+The ``llmq:cb`` prefix is ``BREAKER_PREFIX`` in ``workers/keys.py``. The window keys expire with
+the window; the state hash after a day without a result (an open breaker left without traffic
+that long is closed again, and the next failures open it anew).
 
 Why not pybreaker: its ``CircuitRedisStorage`` keeps state, counter and ``opened_at`` in separate
 keys changed by separate commands (GET, then SET), so the open → half-open move is not atomic:
@@ -59,11 +60,11 @@ from typing import Any
 import redis
 
 from llmq.config.providers_file import BreakerConfig, ProvidersConfig
+from llmq.workers.keys import BREAKER_PREFIX
 from llmq.workers.lua import load_lua
 
 __all__ = ["BreakerDecision", "CircuitBreakers"]
 
-KEY_PREFIX = "llmq:cb"
 _US = 1_000_000
 _STATE_TTL_MS = 86_400_000
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -94,7 +95,7 @@ class CircuitBreakers:
     """The breakers of every model, configured by the providers file (``[breaker]`` and each
     model's ``breaker`` overrides), kept in ``client``'s Redis."""
 
-    def __init__(self, client: redis.Redis, config: ProvidersConfig, *, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: redis.Redis, config: ProvidersConfig, *, prefix: str = BREAKER_PREFIX) -> None:
         self._redis = client
         self._config = config
         self._prefix = prefix

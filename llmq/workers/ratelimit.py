@@ -75,7 +75,8 @@ One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once 
   never a few µs: no busy loop while the head of the line is on its way.
 
 Every key has a TTL (the window, the longest lease, or the latest ``due`` of the line) renewed on
-writes, so the keys of an idle model vanish. A model with no ``rpm``/``tpm`` and no
+writes, so the keys of an idle model vanish. The ``llmq:rl`` prefix is ``RATELIMIT_PREFIX`` in
+``workers/keys.py``. A model with no ``rpm``/``tpm`` and no
 ``concurrency`` in the providers file is not limited and costs no Redis round trip.
 
 What counts is the Redis clock at admission: the provider counts by its own clock when the request
@@ -92,11 +93,11 @@ from typing import Any
 import redis
 
 from llmq.config.providers_file import ProvidersConfig
+from llmq.workers.keys import RATELIMIT_PREFIX
 from llmq.workers.lua import load_lua
 
 __all__ = ["Admission", "ModelLimits", "RateLimiter"]
 
-KEY_PREFIX = "llmq:rl"
 _US = 1_000_000
 _KEY_TTL_MARGIN_MS = 1000
 # Waiting in line (see the module's notes). A full cap frees up when some call ends: look again
@@ -166,7 +167,7 @@ class RateLimiter:
         config: ProvidersConfig,
         *,
         window_s: float | None = None,
-        prefix: str = KEY_PREFIX,
+        prefix: str = RATELIMIT_PREFIX,
     ) -> None:
         self._redis = client
         self._config = config
