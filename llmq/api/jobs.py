@@ -22,8 +22,8 @@ from llmq.models.submit import list_jobs as jobs_page
 from llmq.models.tables import Job, job_public
 from llmq.tasks.enqueue import try_enqueue_job, try_enqueue_webhook
 from llmq.tasks.inflight import publish_cancel
+from llmq.webhooks.ssrf import BlockedDestination, check_at_submit
 from llmq.workers.progress import show_live_progress
-from llmq.workers.ssrf import BlockedDestination, check_at_submit
 
 logger = structlog.get_logger(__name__)
 bp = Blueprint("jobs", __name__)

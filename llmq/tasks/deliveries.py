@@ -15,7 +15,8 @@ from llmq.models.base import utcnow
 from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
 from llmq.models.state import WebhookEventStatus
 from llmq.tasks.enqueue import try_enqueue_webhook
-from llmq.workers.webhook_sender import DeliveryOutcome, next_delivery_delay
+from llmq.webhooks.schedule import next_delivery_delay
+from llmq.webhooks.sender import DeliveryOutcome
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime

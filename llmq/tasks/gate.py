@@ -42,8 +42,9 @@ from llmq.config.settings import Settings
 from llmq.models.records import ClaimedJob
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.cache import CachedAnswer
-from llmq.workers.ratelimit import ModelLimits, estimate_tokens
+from llmq.workers.ratelimit import ModelLimits
 from llmq.workers.routing import choose_model, fallback_chain
+from llmq.workers.tokens import estimate_tokens
 
 logger = structlog.get_logger(__name__)
 

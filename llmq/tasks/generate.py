@@ -14,7 +14,7 @@ Two short transactions and no session, lock or thread held across the provider c
    to a fallback, a degraded answer or a failure (``tasks/policy.py``) the finisher records
    itself. Each is a compare-and-set on the lease token, so a cancelled or taken-over job discards
    a late answer. Then the first attempt of the job's webhook goes out on the event loop
-   (``workers/webhook_sender.py``); retries go to the ``webhooks`` queue.
+   (``webhooks/sender.py``); retries go to the ``webhooks`` queue.
 
 A process keeps at most ``LLMQ_WORKER_MAX_IN_FLIGHT`` calls started and not yet recorded; when it
 is full, its pool threads wait before taking a job, and the broker keeps the rest.

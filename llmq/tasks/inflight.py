@@ -27,11 +27,10 @@ import structlog
 from llmq.models.base import utcnow
 from llmq.models.claim import renew_leases
 from llmq.models.db import Database
+from llmq.workers.keys import CANCEL_CHANNEL
 from llmq.workers.ratelimit import RateLimiter
 
 logger = structlog.get_logger(__name__)
-
-CANCEL_CHANNEL = "llmq:cancel"
 
 
 class CallCapacity:

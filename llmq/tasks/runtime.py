@@ -33,13 +33,13 @@ from llmq.models.records import CallResult, ClaimedJob, SendNow
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
+from llmq.webhooks.sender import DeliveryOutcome, webhook_session
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
 from llmq.workers.pricing import PriceTable
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
-from llmq.workers.webhook_sender import DeliveryOutcome, webhook_session
 
 if TYPE_CHECKING:
     from llmq.tasks.gate import Go

@@ -38,6 +38,7 @@ from llmq.models.recovery import (
 from llmq.tasks.app import celery_app
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook, oldest_waiting_sent_at
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
+from llmq.workers.keys import SWEEP_LOCK
 
 logger = structlog.get_logger(__name__)
 
@@ -114,7 +115,7 @@ def sweep(rt: WorkerRuntime) -> dict[str, int]:
 @celery_app.task(name="llmq.sweep", ignore_result=True)
 def sweep_task() -> dict[str, int]:
     rt = get_runtime()
-    lock = rt.redis.lock("llmq:sweep-lock", timeout=max(rt.settings.sweep_interval_s * 4, 30))
+    lock = rt.redis.lock(SWEEP_LOCK, timeout=max(rt.settings.sweep_interval_s * 4, 30))
     if not lock.acquire(blocking=False):
         return {}
     try:

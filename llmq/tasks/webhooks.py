@@ -16,7 +16,7 @@ from llmq.models.outbox import EventToSend, claim_event
 from llmq.tasks.app import celery_app
 from llmq.tasks.deliveries import record_attempt
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
-from llmq.workers.webhook_sender import DeliveryOutcome, post_event, prepare
+from llmq.webhooks.sender import DeliveryOutcome, post_event, prepare
 
 logger = structlog.get_logger(__name__)
 

@@ -31,15 +31,16 @@ anything (the job was cancelled, the worker shuts down) is not recorded; if it w
 Results that arrive while the breaker is open (calls let through before it opened) are ignored:
 they neither extend the cooldown nor close it.
 
-State in Redis (all changes in Lua scripts, on the Redis clock)::
+State in Redis (all changes in Lua scripts, ``llmq/workers/lua/breaker_*.lua``, on the Redis clock)::
 
     llmq:cb:<model>:state  HASH  state ("open" or absent), opened_at, open_until (µs), consecutive
     llmq:cb:<model>:calls  ZSET  call id → time (µs), the rolling window of calls
     llmq:cb:<model>:fails  ZSET  call id → time (µs), the failed ones among them
     llmq:cb:<model>:probe  STR   the probe's token, SET NX with a TTL of probe_timeout_s
 
-The window keys expire with the window; the state hash after a day without a result (an open
-breaker left without traffic that long is closed again, and the next failures open it anew).
+The ``llmq:cb`` prefix is ``BREAKER_PREFIX`` in ``workers/keys.py``. The window keys expire with
+the window; the state hash after a day without a result (an open breaker left without traffic
+that long is closed again, and the next failures open it anew).
 
 Why not pybreaker: its ``CircuitRedisStorage`` keeps state, counter and ``opened_at`` in separate
 keys changed by separate commands (GET, then SET), so the open → half-open move is not atomic:
@@ -59,106 +60,20 @@ from typing import Any
 import redis
 
 from llmq.config.providers_file import BreakerConfig, ProvidersConfig
+from llmq.workers.keys import BREAKER_PREFIX
+from llmq.workers.lua import load_lua
 
 __all__ = ["BreakerDecision", "CircuitBreakers"]
 
-KEY_PREFIX = "llmq:cb"
 _US = 1_000_000
 _STATE_TTL_MS = 86_400_000
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
-_CLOCK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-
-# KEYS: state, probe. ARGV: probe_timeout_ms, token.
-# → {allowed, state, retry_us, probe}
-_CHECK = (
-    _CLOCK
-    + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'open_until')
-if st[1] ~= 'open' then return {1, 'closed', 0, 0} end
-local open_until = tonumber(st[2])
-if now < open_until then return {0, 'open', open_until - now, 0} end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then
-  return {1, 'half_open', 0, 1}
-end
-local left = redis.call('PTTL', KEYS[2])
-if left < 0 then left = 0 end
-return {0, 'half_open', left * 1000, 0}
-"""
-)
-
-# KEYS: state, calls, fails, probe.
-# ARGV: success (1/0), probe (1/0), call id, failures, failure_ratio, window_us, min_calls,
-#       cooldown_us, state_ttl_ms
-# → the state after the result: 'closed' or 'open'.
-_RECORD = (
-    _CLOCK
-    + """
-local success = ARGV[1] == '1'
-local state_ttl = tonumber(ARGV[9])
-local function open_it()
-  -- The window and the consecutive count stay, for snapshot(); closing resets them.
-  redis.call('DEL', KEYS[4])
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'open_until', now + tonumber(ARGV[8]))
-  redis.call('PEXPIRE', KEYS[1], state_ttl)
-  return 'open'
-end
-if redis.call('HGET', KEYS[1], 'state') == 'open' then
-  if ARGV[2] ~= '1' then return 'open' end
-  if success then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-    return 'closed'
-  end
-  redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
-  return open_it()
-end
-local window = tonumber(ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-redis.call('ZADD', KEYS[2], now, ARGV[3])
-local consecutive = 0
-if success then
-  redis.call('HSET', KEYS[1], 'consecutive', 0)
-else
-  redis.call('ZADD', KEYS[3], now, ARGV[3])
-  consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
-end
-local calls = redis.call('ZCARD', KEYS[2])
-local fails = redis.call('ZCARD', KEYS[3])
-if consecutive >= tonumber(ARGV[4])
-   or (calls >= tonumber(ARGV[7]) and fails >= tonumber(ARGV[5]) * calls) then
-  return open_it()
-end
-local window_ms = math.ceil(window / 1000) + 1000
-redis.call('PEXPIRE', KEYS[2], window_ms)
-redis.call('PEXPIRE', KEYS[3], window_ms)
-redis.call('PEXPIRE', KEYS[1], state_ttl)
-return 'closed'
-"""
-)
-
-# KEYS: state, calls, fails, probe. ARGV: window_us.
-# → {state, consecutive, calls, fails, opened_at_us, retry_us}
-_SNAPSHOT = (
-    _CLOCK
-    + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'open_until', 'consecutive')
-local window = tonumber(ARGV[1])
-local since = string.format('(%d', now - window)
-local calls = redis.call('ZCOUNT', KEYS[2], since, '+inf')
-local fails = redis.call('ZCOUNT', KEYS[3], since, '+inf')
-local consecutive = tonumber(st[4] or '0')
-if st[1] ~= 'open' then return {'closed', consecutive, calls, fails, 0, 0} end
-local open_until = tonumber(st[3])
-if now < open_until then return {'open', consecutive, calls, fails, st[2], open_until - now} end
-local left = redis.call('PTTL', KEYS[4])
-if left < 0 then left = 0 end
-return {'half_open', consecutive, calls, fails, st[2], left * 1000}
-"""
-)
+# llmq/workers/lua/: each script starts with breaker_prologue (the Redis clock in µs); each file
+# says its KEYS and ARGV.
+_CHECK = load_lua("breaker_prologue", "breaker_check")
+_RECORD = load_lua("breaker_prologue", "breaker_record")
+_SNAPSHOT = load_lua("breaker_prologue", "breaker_snapshot")
 
 
 @dataclass(frozen=True)
@@ -180,7 +95,7 @@ class CircuitBreakers:
     """The breakers of every model, configured by the providers file (``[breaker]`` and each
     model's ``breaker`` overrides), kept in ``client``'s Redis."""
 
-    def __init__(self, client: redis.Redis, config: ProvidersConfig, *, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: redis.Redis, config: ProvidersConfig, *, prefix: str = BREAKER_PREFIX) -> None:
         self._redis = client
         self._config = config
         self._prefix = prefix

@@ -43,12 +43,12 @@ import redis
 import structlog
 
 from llmq.config.providers_file import CacheConfig
+from llmq.workers.keys import CACHE_PREFIX
 
 __all__ = ["CachedAnswer", "ResponseCache", "cache_key"]
 
 logger = structlog.get_logger(__name__)
 
-KEY_PREFIX = "llmq:cache"
 _KEY_VERSION = "v1"  # bump when the normalised form changes: old entries then simply miss
 
 
@@ -132,7 +132,7 @@ def cache_key(
         "tenant": tenant_id,
     }
     blob = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return f"{KEY_PREFIX}:{_KEY_VERSION}:{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
+    return f"{CACHE_PREFIX}:{_KEY_VERSION}:{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
 
 
 # --- the two layers ----------------------------------------------------------------------------

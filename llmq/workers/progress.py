@@ -2,11 +2,12 @@
 
 A streaming call reports its text so far on every chunk. The reports are kept in memory and
 written every ``interval_s``, all of a process's in one Redis pipeline, under
-``llmq:progress:<job id>`` with the lease token of the attempt that wrote them. They live in
-Redis, not in the job's row: with a thousand calls in flight, a row update per job per second was
-the largest single cost of the database and held row locks the completions then waited on
-(measured in BENCHMARKS.md). Progress is worth nothing once the job ends, so nothing durable is
-lost; the job's row keeps its final ``progress`` and clears ``partial_text`` as before.
+``llmq:progress:<job id>`` (``PROGRESS_KEY`` in ``workers/keys.py``) with the lease token of the
+attempt that wrote them. They live in Redis, not in the job's row: with a thousand calls in
+flight, a row update per job per second was the largest single cost of the database and held row
+locks the completions then waited on (measured in BENCHMARKS.md). Progress is worth nothing once
+the job ends, so nothing durable is lost; the job's row keeps its final ``progress`` and clears
+``partial_text`` as before.
 
 The API shows a report only for a job that is ``processing`` under the same lease token: a report
 of an earlier attempt, or one written after the job ended, is never shown. Keys expire after
@@ -25,11 +26,11 @@ import redis
 import structlog
 
 from llmq.models.state import JobStatus
+from llmq.workers.keys import PROGRESS_KEY
 
 logger = structlog.get_logger(__name__)
 
 MAX_PARTIAL_CHARS = 100_000
-_KEY = "llmq:progress:{}"
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ProgressWriter(threading.Thread):
             value = json.dumps(
                 {"token": r.lease_token, "progress": r.progress, "text": r.text[-MAX_PARTIAL_CHARS:]}
             )
-            pipe.set(_KEY.format(job_id), value, px=self.ttl_ms)
+            pipe.set(PROGRESS_KEY.format(job_id), value, px=self.ttl_ms)
         pipe.execute()
         return len(batch)
 
@@ -92,7 +93,7 @@ def show_live_progress(client: redis.Redis, jobs: Iterable[tuple[Any, dict[str, 
     if not running:
         return
     try:
-        values = client.mget([_KEY.format(job.id) for job, _ in running])
+        values = client.mget([PROGRESS_KEY.format(job.id) for job, _ in running])
     except redis.RedisError as exc:
         logger.warning("progress_read_failed", error=type(exc).__name__)
         return

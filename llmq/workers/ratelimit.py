@@ -2,9 +2,10 @@
 requests per window (``rpm``), tokens per window (``tpm``) and calls in flight (``concurrency``),
 and the line of jobs waiting for them.
 
-Every check-and-change is one Lua script, so two workers can never both take the last unit of
-capacity, and every script reads the clock of the Redis server (``TIME``), never the client's, so
-hosts with skewed clocks agree on what the window holds.
+Every check-and-change is one Lua script (``llmq/workers/lua/ratelimit_*.lua``, read at import),
+so two workers can never both take the last unit of capacity, and every script reads the clock of
+the Redis server (``TIME``), never the client's, so hosts with skewed clocks agree on what the
+window holds.
 
 Requests and tokens — one sliding log, checked together::
 
@@ -19,7 +20,8 @@ admissions lie in (t - window_s, t], so no interval of ``window_s`` seconds ever
 parked until then instead of polling.
 
 Tokens (TPM): a call reserves, before it is made, its estimated prompt tokens plus its
-``max_tokens`` (or the default max tokens when the job gives none) — :func:`estimate_tokens`.
+``max_tokens`` (or the default max tokens when the job gives none) —
+:func:`llmq.workers.tokens.estimate_tokens`.
 Output is reserved up front because providers count it against TPM too, and because an
 under-reservation is what turns into the provider's 429; after the call, :meth:`settle` replaces
 the reservation with the total tokens the provider reported, usually freeing most of the output
@@ -73,7 +75,8 @@ One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once 
   never a few µs: no busy loop while the head of the line is on its way.
 
 Every key has a TTL (the window, the longest lease, or the latest ``due`` of the line) renewed on
-writes, so the keys of an idle model vanish. A model with no ``rpm``/``tpm`` and no
+writes, so the keys of an idle model vanish. The ``llmq:rl`` prefix is ``RATELIMIT_PREFIX`` in
+``workers/keys.py``. A model with no ``rpm``/``tpm`` and no
 ``concurrency`` in the providers file is not limited and costs no Redis round trip.
 
 What counts is the Redis clock at admission: the provider counts by its own clock when the request
@@ -82,26 +85,19 @@ reaches it. Set limits a little under the account's (see ``providers.default.tom
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 
 from llmq.config.providers_file import ProvidersConfig
+from llmq.workers.keys import RATELIMIT_PREFIX
+from llmq.workers.lua import load_lua
 
-__all__ = [
-    "Admission",
-    "ModelLimits",
-    "RateLimiter",
-    "content_text",
-    "estimate_input_tokens",
-    "estimate_tokens",
-]
+__all__ = ["Admission", "ModelLimits", "RateLimiter"]
 
-KEY_PREFIX = "llmq:rl"
 _US = 1_000_000
 _KEY_TTL_MARGIN_MS = 1000
 # Waiting in line (see the module's notes). A full cap frees up when some call ends: look again
@@ -113,301 +109,20 @@ SLOT_WAIT_MAX_S = 2.0
 TURN_WAIT_S = 0.05
 # How long past its wait a job keeps its place when it does not ask again (callers pass theirs).
 LINE_GRACE_S = 20.0
-# A prompt's share of tokens per message beyond its text (role, separators), and of the reply's
-# priming, as OpenAI documents for its chat format; close enough for Anthropic.
-_TOKENS_PER_MESSAGE = 4
-_TOKENS_PER_REPLY = 3
-_BYTES_PER_TOKEN = 4
-
-
-# --- estimates ---------------------------------------------------------------------------------
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's ``content``: a string, or OpenAI-style content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):  # content parts: [{"type": "text", "text": "..."}, ...]
-        parts = []
-        for part in content:
-            if isinstance(part, Mapping):
-                parts.append(str(part.get("text") or ""))
-            else:
-                parts.append(str(part))
-        return "".join(parts)
-    return str(content)
-
-
-def estimate_input_tokens(messages: Iterable[Any]) -> int:
-    """Prompt tokens of ``messages`` (mappings or objects with ``role``/``content``), estimated
-    without a tokenizer: UTF-8 bytes / 4 per message, plus the chat format's overhead.
-
-    Bytes rather than characters: the same as chars/4 for English text, and less of an
-    underestimate for scripts that take more tokens per character (CJK, Cyrillic)."""
-    total = _TOKENS_PER_REPLY
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else getattr(message, "content", "")
-        size = len(content_text(content).encode("utf-8"))
-        total += _TOKENS_PER_MESSAGE + math.ceil(size / _BYTES_PER_TOKEN)
-    return total
-
-
-def estimate_tokens(
-    messages: Iterable[Any], max_tokens: int | None, *, default_max_tokens: int = 1024
-) -> int:
-    """The TPM reservation of a call: estimated prompt tokens plus the most it may generate
-    (``max_tokens``, or ``default_max_tokens`` when the job gives none)."""
-    output = max_tokens if max_tokens is not None else default_max_tokens
-    return estimate_input_tokens(messages) + max(0, output)
 
 
 # --- scripts -----------------------------------------------------------------------------------
 
-# Common prologue: the Redis clock in µs, and eviction of the log entries that left the window
-# (score <= now - window), subtracting their tokens from the sum. KEYS: log, tok, sum.
-_EVICT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cutoff = now - tonumber(ARGV[1])
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
-if #old > 0 then
-  local freed = 0
-  for i = 1, #old, 500 do
-    local chunk = {}
-    for j = i, math.min(i + 499, #old) do chunk[#chunk + 1] = old[j] end
-    local values = redis.call('HMGET', KEYS[2], unpack(chunk))
-    for k = 1, #values do
-      if values[k] then freed = freed + tonumber(values[k]) end
-    end
-    redis.call('HDEL', KEYS[2], unpack(chunk))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
-  redis.call('DECRBY', KEYS[3], freed)
-end
-local count = redis.call('ZCARD', KEYS[1])
-local used = tonumber(redis.call('GET', KEYS[3]) or '0')
-if count == 0 then
-  -- self-healing: an empty window holds no tokens
-  used = 0
-  redis.call('DEL', KEYS[3], KEYS[2])
-elseif used < 0 then
-  used = 0
-  redis.call('SET', KEYS[3], 0, 'KEEPTTL')
-end
-"""
-
-# The admission: slots, requests, tokens and the line, in one script.
-# KEYS: log, tok, sum, slots, line, due, want.
-# ARGV: 1 window_us, 2 rpm (0: none), 3 tpm (0: none), 4 tokens, 5 member, 6 key_ttl_ms,
-#       7 cap (0: no slot wanted), 8 holder, 9 lease_us,
-#       10 job id ('': do not join the line), 11 grace_us, 12 slot_poll_us, 13 slot_rank_step_us,
-#       14 slot_wait_max_us, 15 turn_wait_us
-# → {1, now_us, rank} when admitted, {0, wait_us, rank} when not (rank: jobs ahead in the line).
-_ADMIT = (
-    _EVICT
-    + """
-local window = tonumber(ARGV[1])
-local rpm = tonumber(ARGV[2])
-local tpm = tonumber(ARGV[3])
-local tokens = tonumber(ARGV[4])
-local cap = tonumber(ARGV[7])
-local holder = ARGV[8]
-local job = ARGV[10]
-if tpm > 0 and tokens > tpm then tokens = tpm end
-
-local held = 0
-local holds = false
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  held = redis.call('ZCARD', KEYS[4])
-  holds = redis.call('ZSCORE', KEYS[4], holder) ~= false
-end
-
--- The line: forget the jobs that did not come back in time, then find this job's rank.
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
-if #lapsed > 0 then
-  for i = 1, #lapsed, 500 do
-    local chunk = {}
-    for j = i, math.min(i + 499, #lapsed) do chunk[#chunk + 1] = lapsed[j] end
-    redis.call('ZREM', KEYS[5], unpack(chunk))
-    redis.call('HDEL', KEYS[7], unpack(chunk))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
-end
-local waiting = redis.call('ZCARD', KEYS[5])
-local rank = waiting
-if waiting > 0 and job ~= '' then
-  local r = redis.call('ZRANK', KEYS[5], job)
-  if r then rank = r end
-end
-
--- Would the job still fit once every job ahead of it had taken its share? If not, when?
-local wait = 0
-if cap > 0 and not holds and held + rank >= cap then
-  wait = math.min(tonumber(ARGV[12]) + rank * tonumber(ARGV[13]), tonumber(ARGV[14]))
-end
-if rpm > 0 and count + rank >= rpm then
-  -- (count - rpm + 1 + rank) entries must leave; the last of them is at index count - rpm + rank.
-  local index = count - rpm + rank
-  local w = window
-  if index < count then
-    local entry = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
-    w = tonumber(entry[2]) + window - now
-  end
-  if w > wait then wait = w end
-end
-if tpm > 0 then
-  local excess = used + tokens - tpm
-  -- The tokens the jobs ahead want come first (summed only as far as the window could free).
-  local i = 0
-  while i < rank and excess <= used do
-    local ahead = redis.call('ZRANGE', KEYS[5], i, math.min(i + 199, rank - 1))
-    local values = redis.call('HMGET', KEYS[7], unpack(ahead))
-    for k = 1, #values do excess = excess + tonumber(values[k] or '0') end
-    i = i + 200
-  end
-  if excess > 0 then
-    local freed = 0
-    local from = 0
-    local found = false
-    while not found and excess <= used do
-      local batch = redis.call('ZRANGE', KEYS[1], from, from + 199, 'WITHSCORES')
-      if #batch == 0 then break end
-      for k = 1, #batch, 2 do
-        freed = freed + tonumber(redis.call('HGET', KEYS[2], batch[k]) or '0')
-        if freed >= excess then
-          local w = tonumber(batch[k + 1]) + window - now
-          if w > wait then wait = w end
-          found = true
-          break
-        end
-      end
-      from = from + 200
-    end
-    if not found and window > wait then wait = window end
-  end
-end
-
-if wait > 0 then
-  -- Refused. Not first in line: at least a short wait, never a busy loop.
-  local turn_wait = tonumber(ARGV[15])
-  if rank > 0 and wait < turn_wait then wait = turn_wait end
-  if job ~= '' then
-    redis.call('ZADD', KEYS[5], 'NX', now, job)
-    redis.call('ZADD', KEYS[6], now + wait + tonumber(ARGV[11]), job)
-    if tpm > 0 then redis.call('HSET', KEYS[7], job, tokens) end
-    local last = redis.call('ZRANGE', KEYS[6], -1, -1, 'WITHSCORES')
-    local ttl = math.ceil((tonumber(last[2]) - now) / 1000) + 1000
-    for k = 5, 7 do redis.call('PEXPIRE', KEYS[k], ttl) end
-  end
-  return {0, wait, rank}
-end
-
-if job ~= '' and waiting > 0 then
-  redis.call('ZREM', KEYS[5], job)
-  redis.call('ZREM', KEYS[6], job)
-  redis.call('HDEL', KEYS[7], job)
-end
-if cap > 0 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[9]), holder)
-  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIRE', KEYS[4], math.ceil((tonumber(last[2]) - now) / 1000) + 1000)
-end
-if rpm > 0 or tpm > 0 then
-  redis.call('ZADD', KEYS[1], now, ARGV[5])
-  redis.call('HSET', KEYS[2], ARGV[5], tokens)
-  redis.call('INCRBY', KEYS[3], tokens)
-  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[6]) end
-end
-return {1, now, rank}
-"""
-)
-
-# ARGV: window_us, member, actual_tokens, key_ttl_ms → tokens added (negative: freed), or false
-# when the entry already left the window (nothing to correct).
-_SETTLE = (
-    _EVICT
-    + """
-if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return false end
-local before = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-local after = tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], after)
-redis.call('INCRBY', KEYS[3], after - before)
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-return after - before
-"""
-)
-
-# ARGV: window_us, member → 1 when the entry was in the window and is gone now, else 0.
-_CANCEL = (
-    _EVICT
-    + """
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
-local tokens = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('DECRBY', KEYS[3], tokens)
-return 1
-"""
-)
-
-# Slots. KEYS: slots. Prologue: the clock, eviction of expired holders (expiry <= now), and a
-# helper that sets the key's TTL to cover its longest lease.
-_SLOTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local function keep_key()
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if #last > 0 then
-    redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(last[2]) - now) / 1000) + 1000)
-  end
-end
-"""
-
-# ARGV: lease_us, holder... → the holders that no longer held a slot (lease expired or released).
-_RENEW_SLOTS = (
-    _SLOTS
-    + """
-local expiry = now + tonumber(ARGV[1])
-local lost = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
-  else
-    lost[#lost + 1] = ARGV[i]
-  end
-end
-keep_key()
-return lost
-"""
-)
-
-# ARGV: holder → 1 released, 0 not held.
-_RELEASE_SLOT = (
-    _SLOTS
-    + """
-return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
-)
-
-# KEYS: line, due, want. ARGV: job id → 1 when the job was in the line, else 0.
-_LEAVE_LINE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
-
-# KEYS: log, tok, sum, slots, due. ARGV: window_us → {count, used, in_flight, waiting}.
-_USAGE = (
-    _EVICT
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local waiting = redis.call('ZCOUNT', KEYS[5], now + 1, '+inf')
-return {count, used, redis.call('ZCARD', KEYS[4]), waiting}
-"""
-)
+# llmq/workers/lua/: the request/token scripts start with ratelimit_prologue (the Redis clock,
+# the eviction of the window); the slot scripts with ratelimit_slots_prologue (the clock, the
+# eviction of expired leases). Each file says its KEYS and ARGV.
+_ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
+_SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
+_CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
+_USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
+_RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
+_RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
+_LEAVE_LINE = load_lua("ratelimit_leave_line")
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -452,7 +167,7 @@ class RateLimiter:
         config: ProvidersConfig,
         *,
         window_s: float | None = None,
-        prefix: str = KEY_PREFIX,
+        prefix: str = RATELIMIT_PREFIX,
     ) -> None:
         self._redis = client
         self._config = config

@@ -19,7 +19,7 @@ content policy if ``fallback_on_content_policy``) is the caller's decision.
 ``larger_window_fallback(chain, config, needed_tokens, failed_model=...)`` — after a
 context-length error: the first model of the chain whose ``context_window`` is larger than the
 failed model's (and, when given, holds ``needed_tokens``, e.g. the prompt estimate of
-:func:`llmq.workers.ratelimit.estimate_tokens`). Models without a known window are
+:func:`llmq.workers.tokens.estimate_tokens`). Models without a known window are
 skipped: a guess would only buy another context-length error.
 """
 
@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from llmq.config.providers_file import ProvidersConfig, RoutingConfig
-from llmq.workers.ratelimit import content_text
+from llmq.workers.tokens import content_text
 
 __all__ = ["AUTO_MODEL", "choose_model", "fallback_chain", "larger_window_fallback", "prompt_text"]
 

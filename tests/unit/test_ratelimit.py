@@ -12,13 +12,8 @@ from typing import Any
 import redis
 
 from llmq.config.providers_file import LimitsConfig, ModelConfig, ProvidersConfig
-from llmq.workers.ratelimit import (
-    SLOT_POLL_S,
-    SLOT_WAIT_MAX_S,
-    RateLimiter,
-    estimate_input_tokens,
-    estimate_tokens,
-)
+from llmq.workers.ratelimit import SLOT_POLL_S, SLOT_WAIT_MAX_S, RateLimiter
+from llmq.workers.tokens import estimate_input_tokens, estimate_tokens
 from tests.unit.conftest import REDIS_URL
 
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from llmq.workers.ssrf import BlockedDestination, check_at_submit, is_forbidden, pin
+from llmq.webhooks.ssrf import BlockedDestination, check_at_submit, is_forbidden, pin
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 
 from llmq.models.tenants import new_webhook_secret
 from llmq.webhooks import InvalidSignature, sign, verify
-from llmq.workers.webhook_sender import next_delivery_delay
+from llmq.webhooks.schedule import next_delivery_delay
 
 
 def test_signature_is_hmac_sha256_of_id_timestamp_body() -> None:

@@ -27,15 +27,17 @@ without credit with a 429 whose code is ``insufficient_quota``; retrying it only
 
 Messages are built by :func:`scrub_message`, which strips the API key and the prompt text out of
 whatever the provider echoed back, and shortens it: an error message is stored and shown.
+
+:func:`parse_retry_after` is defined in ``llmq/webhooks/schedule.py`` (webhook receivers send
+``Retry-After`` too, and the webhooks package sits below the workers) and re-exported here.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, ClassVar
+
+from llmq.webhooks.schedule import parse_retry_after
 
 __all__ = [
     "AuthError",
@@ -158,52 +160,6 @@ class ModelNotFoundError(PermanentError):
 
 class QuotaExceededError(PermanentError):
     error_type = "quota_exceeded"
-
-
-# --- Retry-After -------------------------------------------------------------------------------
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    # Plain dicts are case-sensitive; httpx Headers are not.
-    for key, val in headers.items():
-        if key.lower() == name:
-            return val
-    return None
-
-
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` (float milliseconds, preferred when present and
-    valid) or ``retry-after`` (float seconds, or an HTTP date: seconds from ``now``, never
-    negative). ``None`` when neither header is present or parseable."""
-    if not headers:
-        return None
-    raw_ms = _header(headers, "retry-after-ms")
-    if raw_ms is not None:
-        try:
-            ms = float(raw_ms.strip())
-        except ValueError:
-            ms = math.nan
-        if math.isfinite(ms) and ms >= 0:
-            return ms / 1000.0
-    raw = _header(headers, "retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 # --- messages ------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Redirects are never followed (a 3xx is a failure); ``410 Gone`` stops the retrie
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import aiohttp
 
 from llmq.models.outbox import EventToSend
-from llmq.webhooks import sign
-from llmq.workers.providers.errors import parse_retry_after
-from llmq.workers.ssrf import BlockedDestination, pin
+from llmq.webhooks.schedule import parse_retry_after
+from llmq.webhooks.signing import sign
+from llmq.webhooks.ssrf import BlockedDestination, pin
 
 
 @dataclass(frozen=True)
@@ -101,20 +100,6 @@ async def post_event(
         stop=status == 410,
         retry_after_s=retry_after,
     )
-
-
-def next_delivery_delay(
-    schedule: list[float], attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None
-) -> float | None:
-    """Delay before attempt ``attempt + 1`` (``schedule[0]`` is the first, immediate attempt), with
-    ±10 % jitter; ``None`` when the schedule is used up."""
-    if attempt >= len(schedule):
-        return None
-    base = schedule[attempt]
-    jittered = base * (0.9 + 0.2 * (rng or random).random()) if base > 0 else 0.0
-    if retry_after_s is not None:
-        jittered = max(jittered, retry_after_s)
-    return jittered
 
 
 def _ms(started: float) -> int:

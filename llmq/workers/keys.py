@@ -1,0 +1,37 @@
+"""Every Redis key and channel prefix llmq uses, in one place. The values are what is in Redis:
+changing one orphans the keys already written under it.
+
+::
+
+    RATELIMIT_PREFIX  llmq:rl            rate limits (workers/ratelimit.py):
+                                         llmq:rl:<model>:log, :tok, :sum, :slots, :line, :due, :want
+    BREAKER_PREFIX    llmq:cb            circuit breakers (workers/breaker.py):
+                                         llmq:cb:<model>:state, :calls, :fails, :probe
+    CACHE_PREFIX      llmq:cache         cached answers (workers/cache.py): llmq:cache:v1:<sha256>
+    PROGRESS_KEY      llmq:progress:{}   a streamed call's progress (workers/progress.py),
+                                         formatted with the job id: llmq:progress:<job id>
+    CANCEL_CHANNEL    llmq:cancel        pub/sub channel of job cancels (tasks/inflight.py)
+    SWEEP_LOCK        llmq:sweep-lock    the lock that keeps to one sweep at a time (tasks/sweep.py)
+
+The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
+are Celery's and not listed here. The rate limiter and the breakers take a ``prefix`` argument
+whose default is theirs above.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BREAKER_PREFIX",
+    "CACHE_PREFIX",
+    "CANCEL_CHANNEL",
+    "PROGRESS_KEY",
+    "RATELIMIT_PREFIX",
+    "SWEEP_LOCK",
+]
+
+RATELIMIT_PREFIX = "llmq:rl"
+BREAKER_PREFIX = "llmq:cb"
+CACHE_PREFIX = "llmq:cache"
+PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
+CANCEL_CHANNEL = "llmq:cancel"
+SWEEP_LOCK = "llmq:sweep-lock"

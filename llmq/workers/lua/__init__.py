@@ -1,0 +1,28 @@
+"""The Lua scripts llmq runs in Redis, kept as ``.lua`` files in this folder (dramatiq's way).
+
+A script is read once, when the module that runs it is imported (``workers/ratelimit.py``,
+``workers/breaker.py``), and registered with ``redis.Redis.register_script`` by the object that
+uses it (``RateLimiter``, ``CircuitBreakers``). Scripts that share a prologue (the Redis clock, the
+eviction of a window) are composed here, in Python: :func:`load_lua` joins the files it is given
+in order, the prologue first, so each prologue is written once::
+
+    ratelimit_prologue        + ratelimit_acquire | _settle | _cancel | _usage
+    ratelimit_slots_prologue  + ratelimit_renew_slots | _release_slot
+                                ratelimit_leave_line (no prologue)
+    breaker_prologue          + breaker_check | _record | _snapshot
+
+Each file names its ``KEYS`` and ``ARGV``. The files are package data (``setup.cfg``), so an
+installed llmq has them.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+__all__ = ["load_lua"]
+
+
+def load_lua(*names: str) -> str:
+    """The text of ``llmq/workers/lua/<name>.lua`` for each name, joined in order."""
+    folder = files(__name__)
+    return "".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in names)

@@ -1,0 +1,122 @@
+-- The admission: slots, requests, tokens and the line, in one script (after ratelimit_prologue).
+-- KEYS: log, tok, sum, slots, line, due, want.
+-- ARGV: 1 window_us, 2 rpm (0: none), 3 tpm (0: none), 4 tokens, 5 member, 6 key_ttl_ms,
+--       7 cap (0: no slot wanted), 8 holder, 9 lease_us,
+--       10 job id ('': do not join the line), 11 grace_us, 12 slot_poll_us, 13 slot_rank_step_us,
+--       14 slot_wait_max_us, 15 turn_wait_us
+-- → {1, now_us, rank} when admitted, {0, wait_us, rank} when not (rank: jobs ahead in the line).
+
+local window = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+local tokens = tonumber(ARGV[4])
+local cap = tonumber(ARGV[7])
+local holder = ARGV[8]
+local job = ARGV[10]
+if tpm > 0 and tokens > tpm then tokens = tpm end
+
+local held = 0
+local holds = false
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  held = redis.call('ZCARD', KEYS[4])
+  holds = redis.call('ZSCORE', KEYS[4], holder) ~= false
+end
+
+-- The line: forget the jobs that did not come back in time, then find this job's rank.
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+if #lapsed > 0 then
+  for i = 1, #lapsed, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #lapsed) do chunk[#chunk + 1] = lapsed[j] end
+    redis.call('ZREM', KEYS[5], unpack(chunk))
+    redis.call('HDEL', KEYS[7], unpack(chunk))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+end
+local waiting = redis.call('ZCARD', KEYS[5])
+local rank = waiting
+if waiting > 0 and job ~= '' then
+  local r = redis.call('ZRANK', KEYS[5], job)
+  if r then rank = r end
+end
+
+-- Would the job still fit once every job ahead of it had taken its share? If not, when?
+local wait = 0
+if cap > 0 and not holds and held + rank >= cap then
+  wait = math.min(tonumber(ARGV[12]) + rank * tonumber(ARGV[13]), tonumber(ARGV[14]))
+end
+if rpm > 0 and count + rank >= rpm then
+  -- (count - rpm + 1 + rank) entries must leave; the last of them is at index count - rpm + rank.
+  local index = count - rpm + rank
+  local w = window
+  if index < count then
+    local entry = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
+    w = tonumber(entry[2]) + window - now
+  end
+  if w > wait then wait = w end
+end
+if tpm > 0 then
+  local excess = used + tokens - tpm
+  -- The tokens the jobs ahead want come first (summed only as far as the window could free).
+  local i = 0
+  while i < rank and excess <= used do
+    local ahead = redis.call('ZRANGE', KEYS[5], i, math.min(i + 199, rank - 1))
+    local values = redis.call('HMGET', KEYS[7], unpack(ahead))
+    for k = 1, #values do excess = excess + tonumber(values[k] or '0') end
+    i = i + 200
+  end
+  if excess > 0 then
+    local freed = 0
+    local from = 0
+    local found = false
+    while not found and excess <= used do
+      local batch = redis.call('ZRANGE', KEYS[1], from, from + 199, 'WITHSCORES')
+      if #batch == 0 then break end
+      for k = 1, #batch, 2 do
+        freed = freed + tonumber(redis.call('HGET', KEYS[2], batch[k]) or '0')
+        if freed >= excess then
+          local w = tonumber(batch[k + 1]) + window - now
+          if w > wait then wait = w end
+          found = true
+          break
+        end
+      end
+      from = from + 200
+    end
+    if not found and window > wait then wait = window end
+  end
+end
+
+if wait > 0 then
+  -- Refused. Not first in line: at least a short wait, never a busy loop.
+  local turn_wait = tonumber(ARGV[15])
+  if rank > 0 and wait < turn_wait then wait = turn_wait end
+  if job ~= '' then
+    redis.call('ZADD', KEYS[5], 'NX', now, job)
+    redis.call('ZADD', KEYS[6], now + wait + tonumber(ARGV[11]), job)
+    if tpm > 0 then redis.call('HSET', KEYS[7], job, tokens) end
+    local last = redis.call('ZRANGE', KEYS[6], -1, -1, 'WITHSCORES')
+    local ttl = math.ceil((tonumber(last[2]) - now) / 1000) + 1000
+    for k = 5, 7 do redis.call('PEXPIRE', KEYS[k], ttl) end
+  end
+  return {0, wait, rank}
+end
+
+if job ~= '' and waiting > 0 then
+  redis.call('ZREM', KEYS[5], job)
+  redis.call('ZREM', KEYS[6], job)
+  redis.call('HDEL', KEYS[7], job)
+end
+if cap > 0 then
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[9]), holder)
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[4], math.ceil((tonumber(last[2]) - now) / 1000) + 1000)
+end
+if rpm > 0 or tpm > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[5], tokens)
+  redis.call('INCRBY', KEYS[3], tokens)
+  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[6]) end
+end
+return {1, now, rank}
