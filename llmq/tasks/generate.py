@@ -2,7 +2,7 @@
 
 Two short transactions and no session, lock or thread held across the provider call:
 
-1. in the Celery task: claim (``queued → processing``) and the gate (``tasks/gate.py``: route,
+1. in the Celery task: claim (``queued → processing``) and the gate (``tasks/gate/``: route,
    cache, breakers, fleet-wide limits) — then either record the attempt and start the call on the
    process's event loop, answer from the cache, or park the job. The task returns as soon as the
    call has started, so its message is acked and its pool thread takes the next job: a call in
@@ -39,7 +39,7 @@ from llmq.models.submit import job_exists
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
-from llmq.tasks.gate import Go, Hit, Park, after_call, gate, model_chain
+from llmq.tasks.gate import CallEnd, Go, Hit, Park, after_call, gate, model_chain
 from llmq.tasks.policy import after_failure
 from llmq.tasks.runtime import WorkerRuntime, get_runtime, use_completion_recorder
 from llmq.tasks.webhooks import send_claimed
@@ -105,7 +105,7 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
     slot = (decision.model, decision.slot_holder) if decision.slot_holder is not None else None
     call = start_call(rt, claim, utcnow(), slot=slot)
     if isinstance(call, CallOutcome):  # could not start: record it here and now
-        _release(rt, decision, call)
+        _release(rt, decision, call, sent=False)
         _record(rt, claim, decision, call)
         return "not_started"
     call.future.add_done_callback(lambda _: rt.finishers.submit(_finish, rt, claim, decision, call))
@@ -241,14 +241,15 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
     return what
 
 
-def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome) -> None:
+def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome, *, sent: bool = True) -> None:
+    """Give the gate back what it took; ``sent`` False: the call never reached the provider."""
     transient = None
     if not outcome.interrupted:
         transient = outcome.failure is not None and outcome.failure.retryable
     tokens = None
     if outcome.result is not None:
         tokens = outcome.result.prompt_tokens + outcome.result.completion_tokens
-    after_call(rt, go, transient_failure=transient, total_tokens=tokens)
+    after_call(rt, go, CallEnd(sent=sent, transient_failure=transient, total_tokens=tokens))
 
 
 def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:

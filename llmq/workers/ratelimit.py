@@ -307,19 +307,6 @@ class RateLimiter:
             raise ValueError("lease_s must be positive")
         return int(lease * _US)
 
-    def acquire_slot(self, model: str, holder: str, lease_s: float | None = None) -> bool:
-        """Take one of ``model``'s concurrency slots for ``holder`` (a job's lease token, say)
-        for ``lease_s`` (default ``[limits] lease_s``), counting no request or token. True when
-        taken — or already held by ``holder``, whose lease is then renewed. Always True for a
-        model with no cap. Behind the model's line, like any call without a job id."""
-        cap = self.limits(model).concurrency
-        if cap is None:
-            return True
-        admission = self._run_admit(
-            model, ModelLimits(concurrency=cap), 0, holder, None, lease_s, LINE_GRACE_S
-        )
-        return admission.allowed
-
     def renew_slot(self, model: str, holders: Iterable[str], lease_s: float | None = None) -> list[str]:
         """Extend the leases of ``holders`` to ``lease_s`` from now. Returns the holders that had
         already lost their slot (lease expired, or released): their calls are running without

@@ -162,7 +162,7 @@ def test_a_call_larger_than_tpm_runs_alone(rdb: redis.Redis) -> None:
 def test_keys_expire_with_the_window(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.5, a=ModelConfig(rpm=5, tpm=50, concurrency=2))
     rl.acquire("sim/a", 5)
-    rl.acquire_slot("sim/a", "h", lease_s=0.5)
+    assert rl.acquire("sim/a", 0, holder="h", lease_s=0.5).allowed
     keys = sorted(k.decode() if isinstance(k, bytes) else k for k in rdb.keys("*"))
     assert keys == ["llmq:rl:sim/a:log", "llmq:rl:sim/a:slots", "llmq:rl:sim/a:sum", "llmq:rl:sim/a:tok"]
     for key in keys:
@@ -257,7 +257,7 @@ def test_semaphore_never_exceeds_its_cap_under_twenty_threads(rdb: redis.Redis) 
         nonlocal holding, most
         while time.monotonic() < stop:
             holder = uuid.uuid4().hex
-            if not rl.acquire_slot("sim/a", holder, lease_s=5):
+            if not rl.acquire("sim/a", 0, holder=holder, lease_s=5).allowed:
                 time.sleep(0.002)
                 continue
             with lock:
@@ -285,10 +285,10 @@ def test_semaphore_never_exceeds_its_cap_under_twenty_threads(rdb: redis.Redis) 
 
 def test_a_holder_that_stops_renewing_loses_its_slot(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(concurrency=1))
-    assert rl.acquire_slot("sim/a", "dead-worker", lease_s=0.3)
-    assert not rl.acquire_slot("sim/a", "other", lease_s=0.3)
+    assert rl.acquire("sim/a", 0, holder="dead-worker", lease_s=0.3).allowed
+    assert not rl.acquire("sim/a", 0, holder="other", lease_s=0.3).allowed
     time.sleep(0.35)
-    assert rl.acquire_slot("sim/a", "other", lease_s=0.3)
+    assert rl.acquire("sim/a", 0, holder="other", lease_s=0.3).allowed
     # The dead worker's renewal does not take the slot back: it is told it lost it.
     assert rl.renew_slot("sim/a", ["dead-worker"], lease_s=0.3) == ["dead-worker"]
     assert not rl.release_slot("sim/a", "dead-worker")
@@ -297,21 +297,21 @@ def test_a_holder_that_stops_renewing_loses_its_slot(rdb: redis.Redis) -> None:
 
 def test_renewing_keeps_a_slot_past_its_first_lease(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(concurrency=1))
-    assert rl.acquire_slot("sim/a", "alive", lease_s=0.3)
+    assert rl.acquire("sim/a", 0, holder="alive", lease_s=0.3).allowed
     for _ in range(8):  # 0.8 s in all, well past the first lease
         time.sleep(0.1)
         assert rl.renew_slot("sim/a", ["alive"], lease_s=0.3) == []
-        assert not rl.acquire_slot("sim/a", "other", lease_s=0.3)
-    assert rl.acquire_slot("sim/a", "alive", lease_s=0.3)  # re-entrant for its holder
+        assert not rl.acquire("sim/a", 0, holder="other", lease_s=0.3).allowed
+    assert rl.acquire("sim/a", 0, holder="alive", lease_s=0.3).allowed  # re-entrant for its holder
     assert rl.release_slot("sim/a", "alive")
-    assert rl.acquire_slot("sim/a", "other", lease_s=0.3)
+    assert rl.acquire("sim/a", 0, holder="other", lease_s=0.3).allowed
 
 
 def test_model_without_a_cap_has_no_slots(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 1.0, a=ModelConfig(rpm=5))
-    assert all(rl.acquire_slot("sim/a", f"h{i}") for i in range(100))
+    assert all(rl.acquire("sim/a", 0, holder=f"h{i}").allowed for i in range(5))
     assert rl.renew_slot("sim/a", ["h1"]) == []
-    assert rdb.keys("*") == []
+    assert not [k for k in rdb.keys("*") if k.endswith(b":slots")]
 
 
 def test_limiter_takes_its_window_and_lease_from_the_file() -> None:
@@ -383,7 +383,7 @@ def test_a_new_arrival_cannot_jump_the_line(rdb: redis.Redis) -> None:
     assert not rl.acquire("sim/b", 0, holder="h1", job_id="waiting").allowed
     assert rl.release_slot("sim/b", "h0")
     assert not rl.acquire("sim/b", 0, holder="h2", job_id="newcomer").allowed
-    assert not rl.acquire_slot("sim/b", "h3")
+    assert not rl.acquire("sim/b", 0, holder="h3").allowed
     assert rl.acquire("sim/b", 0, holder="h1", job_id="waiting").allowed
     assert rl.usage("sim/b")["in_flight"] == 1
 

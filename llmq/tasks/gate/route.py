@@ -1,0 +1,36 @@
+"""The route stage: which models a job may be served by, in order — the one it asked for (or the
+router's choice for ``"auto"``), then its fallbacks — and the one it is on now."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llmq.models.records import ClaimedJob
+from llmq.tasks.gate.stages import Hit, Ticket
+from llmq.workers.routing import choose_model, fallback_chain
+
+if TYPE_CHECKING:
+    from llmq.tasks.runtime import WorkerRuntime
+
+
+def primary_model(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[str, str | None]:
+    """The job's first-choice model: the one it asked for, or the router's choice for "auto"."""
+    if claim.requested_model != "auto":
+        return claim.requested_model, None
+    model, reason = choose_model(claim.messages, rt.providers.routing)
+    return model, f"auto: {reason}"
+
+
+def model_chain(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[list[str], str | None]:
+    primary, reason = primary_model(rt, claim)
+    return [primary, *fallback_chain(primary, claim.fallbacks, rt.providers)], reason
+
+
+class RouteStage:
+    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Hit | None:
+        chain, ticket.route_reason = model_chain(rt, ticket.claim)
+        current = ticket.claim.current_model or chain[0]
+        if current not in chain:
+            chain = [current, *chain]
+        ticket.chain, ticket.start = chain, chain.index(current)
+        return None

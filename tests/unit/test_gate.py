@@ -1,0 +1,88 @@
+"""The gate as ordered stages, on the bundled Redis: what a stage took is given back when a later
+stage refuses the model, and a call that never reached the provider costs no request."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+
+from llmq.config.providers_file import ModelConfig, ProvidersConfig
+from llmq.config.settings import Settings
+from llmq.models.records import ClaimedJob
+from llmq.tasks import gate as gate_module
+from llmq.tasks.gate import CallEnd, Go, Park, after_call, gate
+from llmq.tasks.gate.stages import Refusal, Ticket
+from llmq.workers.breaker import CircuitBreakers
+from llmq.workers.cache import ResponseCache
+from llmq.workers.ratelimit import RateLimiter
+
+MODEL = "sim/gated"
+
+
+def _runtime(client: redis.Redis, **model: Any) -> Any:
+    providers = ProvidersConfig(models={MODEL: ModelConfig(**model)})
+    return SimpleNamespace(
+        settings=Settings(_env_file=None),
+        providers=providers,
+        limiter=RateLimiter(client, providers, window_s=30.0),
+        breakers=CircuitBreakers(client, providers),
+        cache=ResponseCache(client, providers.cache),
+    )
+
+
+def _claim(job_id: str) -> ClaimedJob:
+    return ClaimedJob(
+        job_id=job_id,
+        tenant_id="t",
+        lease_token="lease",
+        attempt_number=1,
+        max_attempts=5,
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+        temperature=None,
+        user=None,
+        deadline_at=None,
+        requested_model=MODEL,
+    )
+
+
+def test_a_call_that_never_reached_the_provider_gives_its_request_back(rdb: redis.Redis) -> None:
+    rt = _runtime(rdb, rpm=1, concurrency=1)
+    first = gate(rt, _claim("job_a"))
+    assert isinstance(first, Go) and first.reservation is not None and first.slot_holder is not None
+    after_call(rt, first, CallEnd(sent=False, transient_failure=False, total_tokens=None))
+    assert rt.limiter.usage(MODEL)["in_flight"] == 0
+    again = gate(rt, _claim("job_b"))
+    assert isinstance(again, Go), "the one request a minute was not spent"
+    after_call(rt, again, CallEnd(sent=True, transient_failure=False, total_tokens=12))
+    assert isinstance(gate(rt, _claim("job_c")), Park), "a call that was sent keeps its request"
+
+
+class _Refuses:
+    """A model stage after the limits that refuses every model (a spent budget, say)."""
+
+    def admit(self, rt: Any, ticket: Ticket, model: str) -> Refusal | None:
+        return Refusal(5.0, "budget", try_next_model=False)
+
+    def undo(self, rt: Any, ticket: Ticket, model: str) -> None:
+        pass
+
+    def release(self, rt: Any, go: Go, end: CallEnd) -> None:
+        pass
+
+
+def test_a_later_stage_that_refuses_the_model_gets_the_earlier_stages_undone(
+    rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _runtime(rdb, rpm=1, concurrency=1)
+    monkeypatch.setattr(gate_module, "MODEL_STAGES", (*gate_module.MODEL_STAGES, _Refuses()))
+    refused = gate(rt, _claim("job_a"))
+    assert refused == Park(delay_s=5.0, reason="budget")
+    usage = rt.limiter.usage(MODEL)
+    assert usage["in_flight"] == 0, "the slot was given back"
+    monkeypatch.undo()
+    assert isinstance(gate(rt, _claim("job_b")), Go), "and the request too"
