@@ -100,6 +100,8 @@ class JobError(BaseModel):
     message: str
 
 
+# The job object as ``job_public`` states it; tests/unit/test_job_shape.py keeps the two in step.
+# (A comment, not a docstring: a docstring would become the schema's description in /openapi.json.)
 class JobOut(BaseModel):
     id: str
     object: Literal["job"] = "job"

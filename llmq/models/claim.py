@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, delete, func, insert, literal, select, tuple_,
 from sqlalchemy.orm import Session
 
 from llmq.models.db import on_postgres
-from llmq.models.records import ClaimedJob
+from llmq.models.records import CLAIMED_COLUMNS, ClaimedJob
 from llmq.models.state import AttemptOutcome, JobStatus
 from llmq.models.statements import ATTEMPTS, INSERT_ATTEMPT, JOBS, holds_lease, update_attempt
 from llmq.models.tables import Job
@@ -43,27 +43,8 @@ CLAIM_JOB = (
         started_at=func.coalesce(JOBS.c.started_at, bindparam("v_now", type_=JOBS.c.started_at.type)),
         updated_at=bindparam("v_now", type_=JOBS.c.updated_at.type),
     )
-    .returning(
-        JOBS.c.tenant_id,
-        JOBS.c.attempts,
-        JOBS.c.max_attempts,
-        JOBS.c.model,
-        JOBS.c.current_model,
-        JOBS.c.model_attempts,
-        JOBS.c.messages,
-        JOBS.c.max_tokens,
-        JOBS.c.temperature,
-        JOBS.c.user.label("end_user"),
-        JOBS.c.deadline_at,
-        JOBS.c.fallbacks,
-        JOBS.c.use_cache,
-        JOBS.c.degraded_ok,
-        JOBS.c.route_reason,
-        JOBS.c.webhook_url,
-        JOBS.c["metadata"],
-        JOBS.c.created_at,
-        JOBS.c.started_at,
-    )
+    # Every column a ClaimedJob is built from, labelled with its field (see CLAIMED_COLUMNS).
+    .returning(*(JOBS.c[column].label(name) for name, column in CLAIMED_COLUMNS.items()))
 )
 
 
@@ -71,12 +52,12 @@ CLAIM_JOB = (
 # statement: one round trip less on every job. record_attempt corrects the row when the gate
 # picks another model, park_job removes it.
 _CLAIMED = CLAIM_JOB.returning(JOBS.c.id.label("claimed_id")).cte("claimed")
-_ATTEMPT_MODEL = func.coalesce(func.nullif(_CLAIMED.c.current_model, ""), _CLAIMED.c.model)
+_ATTEMPT_MODEL = func.coalesce(func.nullif(_CLAIMED.c.current_model, ""), _CLAIMED.c.requested_model)
 _OPEN_ATTEMPT = insert(ATTEMPTS).from_select(
     ["job_id", "number", "provider", "model", "worker", "started_at", "outcome"],
     select(
         _CLAIMED.c.claimed_id,
-        _CLAIMED.c.attempts,
+        _CLAIMED.c.attempt_number,
         func.split_part(_ATTEMPT_MODEL, "/", 1),
         _ATTEMPT_MODEL,
         bindparam("a_worker", type_=ATTEMPTS.c.worker.type),
@@ -119,31 +100,14 @@ def claim_job(
     ).first()
     if row is None:
         return None
+    claimed = row._asdict()  # the fields of CLAIMED_COLUMNS
     return ClaimedJob(
         job_id=job_id,
-        tenant_id=row.tenant_id,
         lease_token=lease_token,
-        attempt_number=row.attempts,
-        max_attempts=row.max_attempts,
-        model=row.current_model or row.model,
-        messages=row.messages,
-        max_tokens=row.max_tokens,
-        temperature=row.temperature,
-        user=row.end_user,
-        deadline_at=row.deadline_at,
-        requested_model=row.model,
-        current_model=row.current_model,
-        model_attempts=row.model_attempts,
-        fallbacks=row.fallbacks,
-        use_cache=row.use_cache,
-        degraded_ok=bool(row.degraded_ok),
+        model=claimed["current_model"] or claimed["requested_model"],
         worker=worker,
-        route_reason=row.route_reason,
-        webhook_url=row.webhook_url,
-        metadata=row.metadata,  # the column, not the attribute (metadata_)
-        created_at=row.created_at,
-        started_at=row.started_at,
         attempt_opened=opens_attempt,
+        **claimed,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from llmq.models.base import isoformat, new_id
 from llmq.models.db import as_arrays, on_postgres
 from llmq.models.outbox import EventToSend
 from llmq.models.records import (
+    CLAIMED_COLUMNS,
     EVENT_TYPES,
     CallFailure,
     CallResult,
@@ -36,6 +38,7 @@ from llmq.models.records import (
 from llmq.models.state import AttemptOutcome, JobStatus, WebhookEventStatus
 from llmq.models.statements import (
     ATTEMPTS,
+    ATTRIBUTE_OF,
     EVENTS,
     INSERT_EVENT,
     JOB_COLUMNS,
@@ -67,17 +70,24 @@ def _held_params(claim: ClaimedJob, values: dict[str, Any]) -> dict[str, Any]:
     return {"w_id": claim.job_id, "w_token": claim.lease_token, **{f"v_{k}": v for k, v in values.items()}}
 
 
-def complete_job(
-    session: Session,
-    claim: ClaimedJob,
-    result: CallResult,
-    now: datetime,
-    *,
-    send_now: SendNow | None = None,
-) -> TransitionResult:
-    """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    values = {
-        "status": JobStatus.COMPLETED.value,
+# What a completion writes, stated once for complete_job, the batch statement and completed_view:
+# the same for every job...
+_COMPLETED: dict[str, Any] = {
+    "status": JobStatus.COMPLETED.value,
+    "progress": 1.0,
+    "partial_text": None,
+    "error_type": None,
+    "error_message": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+}
+# ...the time of the completion...
+_SET_TO_NOW = ("completed_at", "updated_at")
+
+
+# ...and the call's result.
+def _result_values(result: CallResult) -> dict[str, Any]:
+    return {
         "result_text": result.text,
         "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens,
@@ -87,15 +97,19 @@ def complete_job(
         "served_by": result.served_by,
         "cached": result.cached,
         "degraded": result.degraded,
-        "progress": 1.0,
-        "partial_text": None,
-        "error_type": None,
-        "error_message": None,
-        "lease_token": None,
-        "lease_expires_at": None,
-        "completed_at": now,
-        "updated_at": now,
     }
+
+
+def complete_job(
+    session: Session,
+    claim: ClaimedJob,
+    result: CallResult,
+    now: datetime,
+    *,
+    send_now: SendNow | None = None,
+) -> TransitionResult:
+    """``processing → completed`` if this worker still holds the job; else the result is discarded."""
+    values = {**_COMPLETED, **_result_values(result), **dict.fromkeys(_SET_TO_NOW, now)}
     job = session.execute(update_held_job(tuple(values), True), _held_params(claim, values)).first()
     applied = job is not None
     _finish_attempt(
@@ -113,33 +127,66 @@ def complete_job(
     return ended(session, claim.job_id, JobStatus.COMPLETED, now, job, send_now=send_now)
 
 
+# The batch statement's inputs, one array each (whose SQL type they are cast to): the claim's, the
+# columns of _result_values the batch passes as they are, the attempt's, the event's.
+_BATCH_INPUTS = {
+    "id": "text",
+    "token": "text",
+    "number": "integer",
+    "result_text": "text",
+    "finish_reason": "text",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "cost_usd": "numeric",
+    "served_by": "text",
+    "cached": "boolean",
+    "degraded": "boolean",
+    "outcome": "text",
+    "http_status": "integer",
+    "latency_ms": "integer",
+    "tenant_id": "text",
+    "event_id": "text",
+    "url": "text",
+    "payload": "text",
+}
+# The columns of _result_values the batch computes from its inputs rather than passes.
+_COMPUTED_IN_BATCH = {"total_tokens": "input.prompt_tokens + input.completion_tokens"}
+_RESULT_COLUMNS = tuple(_result_values(CallResult("", "", 0, 0, served_by=None, cost_usd=None, latency_ms=0)))
+# Of them, the ones each completion passes in an array (its value read from the job's view).
+_RESULT_INPUTS = tuple(column for column in _RESULT_COLUMNS if column not in _COMPUTED_IN_BATCH)
+
+
+def _sql_literal(value: Any) -> str:
+    """A constant of ``_COMPLETED`` as the batch statement's text writes it."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        assert "'" not in value, value
+        return f"'{value}'"
+    return repr(value)
+
+
 def _complete_from_arrays() -> TextClause:
     """One statement completes a whole batch: the jobs still held move to ``completed``; every
     attempt of the batch is closed, as ``discarded`` when its job was not held any more
-    (cancelled, or its lease taken over); the completed jobs' webhook events are written."""
+    (cancelled, or its lease taken over); the completed jobs' webhook events are written.
+
+    The inputs and the job's new values are derived from ``_BATCH_INPUTS`` and from what
+    :func:`complete_job` writes (``_COMPLETED``, ``_result_values``, ``_SET_TO_NOW``), so the
+    batch and the single completion cannot drift apart."""
+    arrays = ", ".join(f"CAST(:{name} AS {sql_type}[])" for name, sql_type in _BATCH_INPUTS.items())
+    names = ", ".join(_BATCH_INPUTS)
+    assignments = [f"{column} = {_sql_literal(value)}" for column, value in _COMPLETED.items()]
+    assignments += [
+        f"{column} = {_COMPUTED_IN_BATCH.get(column, f'input.{column}')}" for column in _RESULT_COLUMNS
+    ]
+    assignments += [f"{column} = :now" for column in _SET_TO_NOW]
     return text(
         f"""
     WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:id AS text[]), CAST(:token AS text[]), CAST(:number AS integer[]),
-            CAST(:result_text AS text[]), CAST(:finish_reason AS text[]),
-            CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
-            CAST(:cost_usd AS numeric[]), CAST(:served_by AS text[]), CAST(:cached AS boolean[]),
-            CAST(:degraded AS boolean[]), CAST(:outcome AS text[]), CAST(:http_status AS integer[]),
-            CAST(:latency_ms AS integer[]), CAST(:tenant_id AS text[]), CAST(:event_id AS text[]),
-            CAST(:url AS text[]), CAST(:payload AS text[])
-        ) AS t(id, token, number, result_text, finish_reason, prompt_tokens, completion_tokens,
-               cost_usd, served_by, cached, degraded, outcome, http_status, latency_ms, tenant_id,
-               event_id, url, payload)
+        SELECT * FROM unnest({arrays}) AS t({names})
     ), done AS (
-        UPDATE {JOBS.name} AS jobs SET status = '{JobStatus.COMPLETED.value}',
-            result_text = input.result_text, finish_reason = input.finish_reason,
-            prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens,
-            total_tokens = input.prompt_tokens + input.completion_tokens,
-            cost_usd = input.cost_usd, served_by = input.served_by, cached = input.cached,
-            degraded = input.degraded, progress = 1.0, partial_text = NULL, error_type = NULL,
-            error_message = NULL, lease_token = NULL, lease_expires_at = NULL,
-            completed_at = :now, updated_at = :now
+        UPDATE {JOBS.name} AS jobs SET {", ".join(assignments)}
         FROM input
         WHERE jobs.id = input.id AND jobs.status = '{JobStatus.PROCESSING.value}'
             AND jobs.lease_token = input.token
@@ -167,41 +214,30 @@ def _complete_from_arrays() -> TextClause:
     )
 
 
+# The claim's fields that are the job's columns, under the job's attribute names (attempt_number
+# is attempts, requested_model is model, user is end_user, ...): derived from CLAIMED_COLUMNS, the
+# mapping the claim is read by, so what the claim carries the view carries too.
+_CLAIM_FIELDS = tuple(CLAIMED_COLUMNS)
+_CLAIM_ATTRIBUTES = tuple(ATTRIBUTE_OF[column] for column in CLAIMED_COLUMNS.values())
+_READ_CLAIM = operator.attrgetter(*_CLAIM_FIELDS)
+# A completed job's columns none of the claim, the result and the time give (the claim does not
+# carry these: cleared, or equal for every completion).
+_UNSET_COMPLETED_JOB = {**UNSET_JOB, **_COMPLETED}
+assert not set(_COMPLETED) & set(_CLAIM_ATTRIBUTES)
+
+
 def completed_view(claim: ClaimedJob, result: CallResult, now: datetime) -> SimpleNamespace:
     """The job as :func:`complete_job` leaves it, from the claim and the result: what
-    ``job_public`` (the status and the webhook payload) needs, without reading the row back."""
-    cost = result.cost_usd
-    if cost is not None:  # as the numeric(18, 8) column will hold it
-        cost = cost.quantize(_COST_STEP, rounding=ROUND_HALF_UP)
-    return SimpleNamespace(
-        **{
-            **UNSET_JOB,
-            "id": claim.job_id,
-            "tenant_id": claim.tenant_id,
-            "status": JobStatus.COMPLETED.value,
-            "model": claim.requested_model,
-            "current_model": claim.current_model,
-            "served_by": result.served_by,
-            "route_reason": claim.route_reason,
-            "created_at": claim.created_at,
-            "started_at": claim.started_at,
-            "completed_at": now,
-            "updated_at": now,
-            "attempts": claim.attempt_number,
-            "progress": 1.0,
-            "result_text": result.text,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-            "cost_usd": cost,
-            "metadata_": claim.metadata,
-            "webhook_url": claim.webhook_url,
-            "cached": result.cached,
-            "degraded": result.degraded,
-            "fallbacks": claim.fallbacks,
-        },
-    )
+    ``job_public`` (the status and the webhook payload) needs, without reading the row back.
+    Built from the same pieces as the completion's writes, with no field restated here."""
+    view: dict[str, Any] = dict(_UNSET_COMPLETED_JOB)
+    view.update(zip(_CLAIM_ATTRIBUTES, _READ_CLAIM(claim), strict=True))
+    view.update(_result_values(result))
+    view.update(dict.fromkeys(_SET_TO_NOW, now))
+    view["id"] = claim.job_id
+    if result.cost_usd is not None:  # as the numeric(18, 8) column will hold it
+        view["cost_usd"] = result.cost_usd.quantize(_COST_STEP, rounding=ROUND_HALF_UP)
+    return SimpleNamespace(**view)
 
 
 _COST_STEP = Decimal("0.00000001")
@@ -223,14 +259,7 @@ def complete_jobs(
             "id": c.claim.job_id,
             "token": c.claim.lease_token,
             "number": c.claim.attempt_number,
-            "result_text": c.result.text,
-            "finish_reason": c.result.finish_reason,
-            "prompt_tokens": c.result.prompt_tokens,
-            "completion_tokens": c.result.completion_tokens,
-            "cost_usd": view.cost_usd,
-            "served_by": c.result.served_by,
-            "cached": c.result.cached,
-            "degraded": c.result.degraded,
+            **{column: getattr(view, column) for column in _RESULT_INPUTS},
             "outcome": _success_outcome(c.result).value,
             "http_status": c.result.http_status,
             "latency_ms": c.result.latency_ms,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from llmq.models.outbox import EventToSend
 from llmq.models.state import JobStatus
-from llmq.models.statements import TENANTS
+from llmq.models.statements import JOBS, TENANTS
 from llmq.models.tables import Job
 
 EVENT_TYPES = {
@@ -50,6 +50,9 @@ class IdempotencyConflict(Exception):
 
 @dataclass(frozen=True)
 class NewJob:
+    """A job as submitted. A field named as a jobs column is stored in that column as it is
+    (``NEW_JOB_COLUMNS``); the others (``timeout_s``) are turned into columns by ``create_job``."""
+
     model: str
     messages: list[dict[str, str]]
     max_tokens: int | None = None
@@ -63,36 +66,36 @@ class NewJob:
     degraded_ok: bool = False
 
     def fingerprint(self) -> str:
+        """The SHA-256 of the request, every field of it: an Idempotency-Key replay must match.
+        (A field added later changes the fingerprint of every request, so a replay sent across
+        that deploy is answered 409 rather than taken for a different request's twin.)"""
         canonical = json.dumps(
-            {
-                "model": self.model,
-                "messages": self.messages,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-                "user": self.user,
-                "webhook_url": self.webhook_url,
-                "metadata": self.metadata,
-                "timeout_s": self.timeout_s,
-                "fallbacks": self.fallbacks,
-                "use_cache": self.use_cache,
-                "degraded_ok": self.degraded_ok,
-            },
+            {name: getattr(self, name) for name in _NEW_JOB_FIELDS},
             sort_keys=True,
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
+# The fields of NewJob stored as they are, in the column of the same name.
+NEW_JOB_COLUMNS = tuple(name for name in _NEW_JOB_FIELDS if name in JOBS.c)
+
+
 @dataclass(frozen=True)
 class ClaimedJob:
-    """What a worker needs to make one provider call; plain data, safe to pass between threads."""
+    """What a worker needs to make one provider call; plain data, safe to pass between threads.
+
+    Most fields are the job's columns as the claim left them: the claim's RETURNING list and the
+    construction from its row are derived from these fields (``CLAIMED_COLUMNS``), so a job
+    column a worker needs is added here, once."""
 
     job_id: str
     tenant_id: str
     lease_token: str
     attempt_number: int
     max_attempts: int
-    model: str
+    model: str  # the model this attempt calls: the job's current model, else the requested one
     messages: list[dict[str, str]]
     max_tokens: int | None
     temperature: float | None
@@ -113,6 +116,19 @@ class ClaimedJob:
     created_at: datetime | None = None
     started_at: datetime | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
+
+
+# The fields of a ClaimedJob the claim itself gives, not the claimed row.
+_GIVEN_BY_CLAIM = {"job_id", "lease_token", "model", "worker", "attempt_opened"}
+# The fields named otherwise than their column (a field named as a column is that column).
+_CLAIMED_RENAMES = {"attempt_number": "attempts", "requested_model": "model"}
+# Every other field of ClaimedJob → the jobs column it is read from. The claim returns these
+# columns labelled with the field names, so its row builds a ClaimedJob as it is; and the
+# completion maps them back (through ATTRIBUTE_OF) to state the job without reading it.
+CLAIMED_COLUMNS = {
+    f.name: _CLAIMED_RENAMES.get(f.name, f.name) for f in fields(ClaimedJob) if f.name not in _GIVEN_BY_CLAIM
+}
+assert all(column in JOBS.c for column in CLAIMED_COLUMNS.values()), CLAIMED_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,21 @@ TENANTS = cast(Table, Tenant.__table__)
 # Every column of a job under its attribute name, so a returned row reads like a Job for job_public.
 JOB_COLUMNS = [attr.columns[0].label(attr.key) for attr in Job.__mapper__.column_attrs]
 UNSET_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs}
+# A job's attribute names and column names differ in two places only: end_user is the column
+# "user", metadata_ the column "metadata" (Declarative reserves ``metadata``). The records the
+# transitions pass around (NewJob, ClaimedJob) and the API say ``user`` and ``metadata``, as the
+# columns do: so a record field maps to the column of its own name, and through ATTRIBUTE_OF to
+# the attribute, without restating the two renames anywhere else.
 COLUMN_OF = {attr.key: attr.columns[0].name for attr in Job.__mapper__.column_attrs}
+ATTRIBUTE_OF = {column: key for key, column in COLUMN_OF.items()}
+# The values a new job starts with, as the table states them (``default=`` of its columns): the
+# counters at zero, the flags off, queued. create_job writes them explicitly (one INSERT that
+# names every column, and a record of the new job for job_public without reading it back).
+NEW_JOB_DEFAULTS: dict[str, Any] = {
+    attr.key: attr.columns[0].default.arg
+    for attr in Job.__mapper__.column_attrs
+    if attr.columns[0].default is not None and attr.columns[0].default.is_scalar
+}
 # What job_public and the webhook event need: not the prompt, not the idempotency fields.
 _NOT_PUBLIC = {"messages", "request_fingerprint", "idempotency_key", "partial_text", "lease_token"}
 PUBLIC_JOB_COLUMNS = [column for column in JOB_COLUMNS if column.key not in _NOT_PUBLIC]

@@ -18,9 +18,25 @@ from sqlalchemy.orm import Session
 
 from llmq.models.base import new_id
 from llmq.models.finish import ended
-from llmq.models.records import IdempotencyConflict, JobAlreadyEnded, JobNotFound, NewJob, TransitionResult
+from llmq.models.records import (
+    NEW_JOB_COLUMNS,
+    IdempotencyConflict,
+    JobAlreadyEnded,
+    JobNotFound,
+    NewJob,
+    TransitionResult,
+)
 from llmq.models.state import ACTIVE_STATUSES, JobStatus
-from llmq.models.statements import COLUMN_OF, INSERT_JOB, JOBS, UNSET_JOB, compare_and_set, final_values
+from llmq.models.statements import (
+    ATTRIBUTE_OF,
+    COLUMN_OF,
+    INSERT_JOB,
+    JOBS,
+    NEW_JOB_DEFAULTS,
+    UNSET_JOB,
+    compare_and_set,
+    final_values,
+)
 from llmq.models.tables import Attempt, Job
 
 
@@ -37,36 +53,25 @@ def create_job(
     """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
     replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
     just inserted, the stored Job for a replay. The unique constraint on (tenant, key), not a
-    read-then-write, settles races."""
+    read-then-write, settles races.
+
+    The values are derived rather than listed: the table's defaults (``NEW_JOB_DEFAULTS``), the
+    fields of NewJob that are columns (``NEW_JOB_COLUMNS``), then what only this call knows."""
     fingerprint = new.fingerprint()
     for _ in range(3):
-        values = dict(
-            id=new_id("job_"),
-            tenant_id=tenant_id,
-            status=JobStatus.QUEUED.value,
-            model=new.model,
-            messages=new.messages,
-            max_tokens=new.max_tokens,
-            temperature=new.temperature,
-            end_user=new.user,
-            webhook_url=new.webhook_url,
-            metadata_=new.metadata,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-            max_attempts=max_attempts,
-            deadline_at=now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
-            fallbacks=new.fallbacks,
-            use_cache=new.use_cache,
-            degraded_ok=new.degraded_ok,
-            attempts=0,
-            model_attempts=0,
-            progress=0.0,
-            cached=False,
-            degraded=False,
-            enqueued_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        values = {
+            **NEW_JOB_DEFAULTS,  # the table's: queued, counters at zero, flags off
+            **{ATTRIBUTE_OF[column]: getattr(new, column) for column in NEW_JOB_COLUMNS},
+            "id": new_id("job_"),
+            "tenant_id": tenant_id,
+            "idempotency_key": idempotency_key,
+            "request_fingerprint": fingerprint,
+            "max_attempts": max_attempts,
+            "deadline_at": now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
+            "enqueued_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
         if idempotency_key is None:  # the common case: one INSERT, no unit of work
             session.execute(INSERT_JOB, {COLUMN_OF[key]: v for key, v in values.items()})
             return SimpleNamespace(**{**UNSET_JOB, **values}), True

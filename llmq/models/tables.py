@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from llmq.models.base import Base, JSONType, utcnow
+from llmq.models.state import JobStatus
 
 
 class Tenant(Base):
@@ -62,7 +63,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
 
     # --- the request ---------------------------------------------------------------------------
     model: Mapped[str] = mapped_column(String(200))
@@ -176,7 +177,11 @@ class WebhookDelivery(Base):
 
 
 def job_public(job: Job) -> dict[str, Any]:
-    """The job object of the API (SPEC "Read"): used by the API, webhooks and the CLI alike."""
+    """The job object of the API (SPEC "Read"): used by the API, webhooks and the CLI alike.
+
+    Its keys are the fields of ``JobOut`` (api/schemas.py), which documents it in the OpenAPI
+    schema: the models sit below the API and cannot derive one from the other, so
+    tests/unit/test_job_shape.py holds the two equal (same names, ``JobOut`` accepts the output)."""
     from llmq.models.base import isoformat
 
     usage = None
