@@ -83,7 +83,7 @@ def render_metrics(app: Flask) -> Response:
     else:
         from prometheus_client import REGISTRY
 
-        registry = REGISTRY  # type: ignore[assignment]
+        registry = REGISTRY
     body = generate_latest(registry)
     db_registry = CollectorRegistry()
     db_registry.register(app.extensions["llmq.db_collector"])

@@ -176,7 +176,7 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-def job_public(job: Job) -> dict[str, Any]:
+def job_public(job: Any) -> dict[str, Any]:
     """The job object of the API (SPEC "Read"): used by the API, webhooks and the CLI alike.
 
     Its keys are the fields of ``JobOut`` (api/schemas.py), which documents it in the OpenAPI

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
-from kombu import Queue
+from kombu.entity import Queue
 
 from llmq.config.settings import Settings, get_settings
 from llmq.tasks.broker import keep_one_client_per_channel

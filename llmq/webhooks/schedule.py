@@ -13,13 +13,16 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["next_delivery_delay", "parse_retry_after"]
 
 
 def next_delivery_delay(
-    schedule: list[float], attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None
+    schedule: Sequence[float],
+    attempt: int,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
 ) -> float | None:
     """Delay before attempt ``attempt + 1`` (``schedule[0]`` is the first, immediate attempt), with
     ±10 % jitter; ``None`` when the schedule is used up."""

@@ -18,7 +18,7 @@ from llmq.models.claim import claim_job, park_job, record_attempt
 from llmq.models.db import Database
 from llmq.models.finish import complete_jobs
 from llmq.models.outbox import DeliveryRecord, EventToSend, record_deliveries
-from llmq.models.records import CallResult, Completion, NewJob, SendNow
+from llmq.models.records import CallResult, ClaimedJob, Completion, NewJob, SendNow
 from llmq.models.state import AttemptOutcome
 from llmq.models.submit import create_job
 from llmq.models.tables import Attempt, Job, WebhookDelivery, WebhookEvent, job_public
@@ -291,7 +291,7 @@ def test_a_batch_of_completions_is_recorded_in_one_go(tenant: IssuedKey, databas
         model="openai/batch", messages=[{"role": "user", "content": "hi"}], webhook_url="http://x/h"
     )
     without_hook = NewJob(model="openai/batch", messages=[{"role": "user", "content": "hi"}])
-    claims = []
+    claims: list[ClaimedJob] = []
     with database.transaction() as session:
         for new in (with_hook, with_hook, without_hook):
             job, _ = create_job(session, tenant_id=tenant.tenant_id, new=new, now=now, max_attempts=5)

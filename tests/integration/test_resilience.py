@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,10 @@ def test_rpm_limit_holds_across_four_workers_and_the_provider_sees_no_429(
     assert any(j["attempts"] == 1 for j in jobs)
 
 
+def _admitted(client: redis.Redis, model: str, count: int) -> bool:
+    return bool(client.zcard(f"llmq:rl:{model}:log") == count)
+
+
 def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
     fclient: FlaskClient,
     auth: dict[str, str],
@@ -194,12 +199,12 @@ def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
     fleet_settings: Settings,
 ) -> None:
     model = M["fifo"]
-    rl = redis.Redis.from_url(fleet_settings.redis_url)
+    rl = redis.Redis.from_url(fleet_settings.broker_url)
     # Fill the window with admissions 0.4 s apart, so that its requests come back one at a time.
     fill = []
     for n in range(1, FIFO_RPM + 1):
         fill += _submit(fclient, auth, 1, model=model)
-        wait_for(lambda n=n: rl.zcard(f"llmq:rl:{model}:log") == n, what=f"{n} admissions")
+        wait_for(partial(_admitted, rl, model, n), what=f"{n} admissions")
         time.sleep(0.4)
     # Then jobs that all have to wait, a little apart; the line, as Redis holds it, is the order
     # in which they joined (their first refusal).
@@ -209,7 +214,9 @@ def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
         time.sleep(0.1)
 
     def full_line() -> list[str] | None:
-        ids = [m.decode() for m in rl.zrange(f"llmq:rl:{model}:line", 0, -1)]
+        ids = [
+            m.decode() if isinstance(m, bytes) else str(m) for m in rl.zrange(f"llmq:rl:{model}:line", 0, -1)
+        ]
         return ids if len(ids) == FIFO_RPM else None
 
     line = wait_for(full_line, what="every waiting job in the line")
@@ -295,7 +302,8 @@ def test_long_retry_after_parks_the_job_without_holding_a_worker(
     wait = datetime.fromisoformat(parked["next_attempt_at"]) - utcnow()
     assert timedelta(seconds=100) < wait <= timedelta(seconds=125)
     with database.session() as session:
-        assert session.get(Job, job_id).enqueued_at is None  # parked in the database, not a Celery ETA
+        stored = session.get(Job, job_id)
+        assert stored is not None and stored.enqueued_at is None  # parked in the database, not a Celery ETA
     # Every worker slot is free: 40 other jobs (the fleet's whole concurrency) run meanwhile.
     others = _submit(fclient, auth, 40, model=M["capped"].replace("capped", "free"))
     assert {j["status"] for j in _all_final(fclient, auth, others, timeout=60)} == {"completed"}

@@ -25,7 +25,7 @@ MODEL = "sim/gated"
 def _runtime(client: redis.Redis, **model: Any) -> Any:
     providers = ProvidersConfig(models={MODEL: ModelConfig(**model)})
     return SimpleNamespace(
-        settings=Settings(_env_file=None),
+        settings=Settings(),
         providers=providers,
         limiter=RateLimiter(client, providers, window_s=30.0),
         breakers=CircuitBreakers(client, providers),

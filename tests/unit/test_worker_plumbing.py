@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from functools import partial
 
 import pytest
 import redis
@@ -167,6 +168,10 @@ class _FailingCalls(InFlightCalls):
         return False
 
 
+def _has_seen(calls: _FailingCalls, count: int) -> bool:
+    return len(calls.seen) == count
+
+
 def test_the_cancel_listener_closes_its_subscription_before_it_subscribes_again(rdb: redis.Redis) -> None:
     calls = _FailingCalls(3)
     listener = CancelListener(REDIS_URL, calls)
@@ -175,7 +180,7 @@ def test_the_cancel_listener_closes_its_subscription_before_it_subscribes_again(
         wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=5, what="the subscription")
         for n in range(3):  # each message makes the handling fail
             publish_cancel(rdb, f"job_{n}")
-            wait_for(lambda n=n: len(calls.seen) == n + 1, timeout=10, what=f"message {n}")
+            wait_for(partial(_has_seen, calls, n + 1), timeout=10, what=f"message {n}")
             wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 0, timeout=5, what="unsubscribed")
             wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=10, what="resubscribed")
         publish_cancel(rdb, "job_3")  # handled without an error, by the one live subscription
