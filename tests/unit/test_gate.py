@@ -18,6 +18,7 @@ from llmq.tasks.gate.stages import Refusal, Ticket
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
 from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.tokens import estimate_input_tokens
 
 MODEL = "sim/gated"
 
@@ -86,3 +87,17 @@ def test_a_later_stage_that_refuses_the_model_gets_the_earlier_stages_undone(
     assert usage["in_flight"] == 0, "the slot was given back"
     monkeypatch.undo()
     assert isinstance(gate(rt, _claim("job_b")), Go), "and the request too"
+
+
+def test_a_job_without_max_tokens_is_cached_and_counted_at_the_default(rdb: redis.Redis) -> None:
+    """It is sent the default, so it shares its cache key with a job that asked for the default,
+    and its TPM reservation counts the default as its output."""
+    rt = _runtime(rdb, tpm=100_000)
+    rt.settings = Settings(default_max_tokens=300)
+    without, explicit = _claim("job_a"), _claim("job_b")
+    without = ClaimedJob(**{**without.__dict__, "max_tokens": None, "use_cache": True})
+    explicit = ClaimedJob(**{**explicit.__dict__, "max_tokens": 300, "use_cache": True})
+    go_without, go_explicit = gate(rt, without), gate(rt, explicit)
+    assert isinstance(go_without, Go) and isinstance(go_explicit, Go)
+    assert go_without.cache_key == go_explicit.cache_key
+    assert rt.limiter.usage(MODEL)["tpm_used"] == 2 * (estimate_input_tokens(without.messages) + 300)
