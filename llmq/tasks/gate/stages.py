@@ -5,7 +5,7 @@ cache: an answer without a call). A **model stage** runs for each model of the j
 order (breaker, limits): it admits the model or refuses it, either for this model only (the next
 model of the chain is tried: an open breaker) or for the job (it waits: no capacity). When a later
 model stage refuses, the earlier ones that admitted the model ``undo`` what they took; when the
-call ends, every model stage ``release``\\ s what it took, in reverse order.
+call ends, every model stage gives back what it took (``release``), in reverse order.
 
 A new stage (a tenant's budget, say) is one module with these methods, listed in
 ``llmq/tasks/gate/__init__.py``.
