@@ -30,6 +30,7 @@ _cache_lock = threading.Lock()
 class AuthenticatedTenant:
     id: str
     name: str
+    key_id: str | None = None
 
 
 def _lookup(api_key: str) -> AuthenticatedTenant:
@@ -40,10 +41,11 @@ def _lookup(api_key: str) -> AuthenticatedTenant:
     if hit is not None and hit[0] > now:
         return hit[1]
     with current_app.extensions["llmq.db"].session() as session:
-        tenant = tenant_for_key(session, api_key)
-        if tenant is None:
+        found_pair = tenant_for_key(session, api_key)
+        if found_pair is None:
             raise ApiError(401, "invalid API key")
-        found = AuthenticatedTenant(id=tenant.id, name=tenant.name)
+        tenant, key = found_pair
+        found = AuthenticatedTenant(id=tenant.id, name=tenant.name, key_id=key.id)
     with _cache_lock:
         if len(_cache) > 10_000:
             _cache.clear()

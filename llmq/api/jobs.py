@@ -97,6 +97,8 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         fallbacks=spec.fallbacks,
         use_cache=spec.cache,
         degraded_ok=spec.degraded_ok,
+        priority=spec.priority,
+        budget_wait=spec.on_budget_exceeded == "wait",
     )
     try:
         with _db().transaction() as session:
@@ -108,6 +110,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
                 max_attempts=settings.max_attempts,
                 idempotency_key=idempotency_key,
                 idempotency_ttl_s=settings.idempotency_ttl_s,
+                api_key_id=g.tenant.key_id,
             )
             payload = job_public(job)
     except IdempotencyConflict:

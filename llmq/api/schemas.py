@@ -55,6 +55,10 @@ class JobCreate(BaseModel):
     ) = None
     cache: StrictBool | None = None
     degraded_ok: StrictBool = False
+    # interactive work overtakes the same tenant's bulk work in a model's wait line
+    priority: Literal["interactive", "bulk"] = "interactive"
+    # a call that does not fit the budget: fail the job, or wait for the budget's next period
+    on_budget_exceeded: Literal["fail", "wait"] = "fail"
 
     @model_validator(mode="after")
     def _one_of_prompt_or_messages(self) -> JobCreate:
@@ -126,6 +130,7 @@ class JobOut(BaseModel):
     cached: bool
     degraded: bool
     fallbacks: list[str] | None
+    priority: Literal["interactive", "bulk"]
 
 
 class JobList(BaseModel):

@@ -214,7 +214,9 @@ class Stack:
         database = Database(self.config.database_url, pool_size=1, max_overflow=0)
         try:
             with database.transaction() as session:
-                issued = create_key(session, tenant_name=f"bench-{self.run_id}", now=utcnow())
+                issued = create_key(
+                    session, tenant_name=f"bench-{self.run_id}", now=utcnow(), tier="unlimited"
+                )
         finally:
             database.dispose()
         self.api_key = issued.api_key

@@ -26,8 +26,12 @@ Shape::
     │                            probe_timeout_s           → .breaker_for(model)
     ├── limits: LimitsConfig     window_s, lease_s
     ├── cache: CacheConfig       ttl_s, temperature_zero, shared_across_tenants, lru_size
-    └── routing: RoutingConfig   small_model, large_model, long_prompt_chars, complex_words,
-                                 complex_min_words, multi_step_cues, numbered_steps
+    ├── routing: RoutingConfig   small_model, large_model, long_prompt_chars, complex_words,
+    │                            complex_min_words, multi_step_cues, numbered_steps
+    ├── tiers: {"<name>": TierConfig}   rpm, tpm, concurrency, weight   (``config/tiers.py``)
+    ├── tenants: TenantsConfig   default_tier
+    ├── budgets: BudgetsConfig   thresholds
+    └── usage: UsageConfig       metadata_keys
 
 Checks that span tables (a model listed as its own fallback, a fallback listed twice) run after
 the per-key validation, and name the line of the offending key too.
@@ -55,6 +59,18 @@ from pydantic import (
 )
 
 from llmq.config.model_ids import is_model_id
+from llmq.config.tiers import (
+    BUILTIN_TIERS,
+    BudgetsConfig,
+    TenantsConfig,
+    TierConfig,
+    TierName,
+    UsageConfig,
+)
+from llmq.config.toml_lines import KEY_LINE as _KEY_LINE
+from llmq.config.toml_lines import dotted as _dotted
+from llmq.config.toml_lines import is_index as _is_index
+from llmq.config.toml_lines import locate as _locate
 
 __all__ = [
     "BreakerConfig",
@@ -241,6 +257,10 @@ class ProvidersConfig(BaseModel, extra="forbid"):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    tiers: dict[TierName, TierConfig] = Field(default_factory=dict)
+    tenants: TenantsConfig = Field(default_factory=TenantsConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> ProvidersConfig:
@@ -250,6 +270,13 @@ class ProvidersConfig(BaseModel, extra="forbid"):
             if problems:
                 raise ValueError("; ".join(f"{_dotted(loc)}: {reason}" for loc, reason in problems))
         return self
+
+    def all_tiers(self) -> dict[str, TierConfig]:
+        """The built-in tiers, with the file's own tiers added or put in their place."""
+        return {**BUILTIN_TIERS, **self.tiers}
+
+    def tier(self, name: str) -> TierConfig | None:
+        return self.tiers.get(name) or BUILTIN_TIERS.get(name)
 
     def prices(self) -> dict[str, ModelPrice]:
         return {name: cfg.price for name, cfg in self.models.items() if cfg.price is not None}
@@ -272,6 +299,8 @@ def _cross_problems(config: ProvidersConfig) -> list[tuple[list[str], str]]:
         if name in cfg.fallbacks:
             index = cfg.fallbacks.index(name)
             problems.append((["models", name, "fallbacks", str(index)], "a model cannot be its own fallback"))
+    if config.tier(config.tenants.default_tier) is None:
+        problems.append((["tenants", "default_tier"], f"no tier {config.tenants.default_tier!r}"))
     return problems
 
 
@@ -329,10 +358,6 @@ def load_providers_file(path: str | Path) -> ProvidersConfig:
 def _key_of(loc: list[str]) -> str:
     """The dotted key a problem is reported under: an array's key, not its element's index."""
     return _dotted(loc[:-1] if _is_index(loc) else loc)
-
-
-def _is_index(loc: Sequence[str]) -> bool:
-    return bool(loc) and loc[-1].isdigit()
 
 
 def _index_value(config: ProvidersConfig, loc: list[str]) -> str | None:
@@ -399,95 +424,18 @@ _TABLES: dict[tuple[str, ...], type[BaseModel]] = {
     ("limits",): LimitsConfig,
     ("cache",): CacheConfig,
     ("routing",): RoutingConfig,
+    ("tiers", "*"): TierConfig,
+    ("tenants",): TenantsConfig,
+    ("budgets",): BudgetsConfig,
+    ("usage",): UsageConfig,
 }
 
 
 def _allowed_keys(parent: list[str]) -> str:
-    shape = tuple("*" if i == 1 and parent[0] == "models" else part for i, part in enumerate(parent))
+    shape = tuple(
+        "*" if i == 1 and parent[0] in ("models", "tiers") else part for i, part in enumerate(parent)
+    )
     model = _TABLES.get(shape)
     if model is None:
         return ""
     return " (known keys: " + ", ".join(model.model_fields) + ")"
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_KEY_LINE = re.compile(r"""^((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-.\s])+?)\s*=""")
-_HEADER_LINE = re.compile(r"^\[\[?(.+?)\]\]?\s*(?:#.*)?$")
-
-
-def _dotted(loc: Sequence[str]) -> str:
-    return ".".join(part if _BARE_KEY.fullmatch(part) else f'"{part}"' for part in loc)
-
-
-def _split_dotted(key: str) -> list[str] | None:
-    """``models."openai/gpt-4o".x`` → ``["models", "openai/gpt-4o", "x"]`` (None if unparsable)."""
-    parts: list[str] = []
-    i = 0
-    while i < len(key):
-        char = key[i]
-        if char in " \t.":
-            i += 1
-        elif char in "\"'":
-            end = key.find(char, i + 1)
-            if end < 0:
-                return None
-            parts.append(key[i + 1 : end])
-            i = end + 1
-        else:
-            match = _BARE_KEY.match(key, i)
-            if match is None:
-                return None
-            parts.append(match.group())
-            i = match.end()
-    return parts
-
-
-def _locate(text: str, loc: list[str], element: str | None) -> int | None:
-    """The line of ``loc``; for an element of an array (``loc`` ends in its index) whose value
-    is the string ``element``, the line holding that string when the array spans lines."""
-    line = _find_line(text, loc)
-    if line is None or element is None or not _is_index(loc):
-        return line
-    lines = text.splitlines()
-    quoted = (f'"{element}"', f"'{element}'")
-    for lineno in range(line, min(len(lines), line + 200) + 1):
-        source = lines[lineno - 1]
-        if lineno > line and (_KEY_LINE.match(source.strip()) or source.strip().startswith("[")):
-            break  # the array ended without the element: keep the key's line
-        if any(q in source for q in quoted):
-            return lineno
-    return line
-
-
-def _find_line(text: str, loc: list[str]) -> int | None:
-    """The line that defines ``loc`` (a key path), or else the line of its nearest enclosing
-    table — where a missing key belongs. Found by scanning the text, as TOML parsers do not
-    report positions of valid documents."""
-    section: list[str] = []
-    best_line: int | None = None
-    best_len = 0
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        path: list[str] | None
-        header = _HEADER_LINE.match(line) if line.startswith("[") else None
-        if header:
-            path = _split_dotted(header.group(1))
-            section = path or []
-        else:
-            key = _KEY_LINE.match(line)
-            if key is None:
-                continue
-            parts = _split_dotted(key.group(1))
-            path = section + parts if parts is not None else None
-        if not path:
-            continue
-        if path[: len(loc)] == loc:
-            return lineno  # the key itself, or a table nested under it
-        if loc[: len(path)] == path and len(path) > best_len:
-            best_line, best_len = lineno, len(path)
-    return best_line
-
-
-# --- prices --------------------------------------------------------------------------------------

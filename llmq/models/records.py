@@ -64,13 +64,19 @@ class NewJob:
     fallbacks: list[str] | None = None
     use_cache: bool | None = None
     degraded_ok: bool = False
+    priority: str = "interactive"  # interactive | bulk
+    budget_wait: bool = False  # over budget: wait for the next period rather than fail
 
     def fingerprint(self) -> str:
         """The SHA-256 of the request, every field of it: an Idempotency-Key replay must match.
-        (A field added later changes the fingerprint of every request, so a replay sent across
-        that deploy is answered 409 rather than taken for a different request's twin.)"""
+        The fields added after the first fingerprints were stored (``_HASHED_UNLESS_DEFAULT``)
+        count only when not at their default, so the stored fingerprints stay valid."""
         canonical = json.dumps(
-            {name: getattr(self, name) for name in _NEW_JOB_FIELDS},
+            {
+                name: getattr(self, name)
+                for name in _NEW_JOB_FIELDS
+                if _HASHED_UNLESS_DEFAULT.get(name, _ALWAYS) != getattr(self, name)
+            },
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -78,6 +84,8 @@ class NewJob:
 
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
+_ALWAYS = object()
+_HASHED_UNLESS_DEFAULT: dict[str, object] = {"priority": "interactive", "budget_wait": False}
 # The fields of NewJob stored as they are, in the column of the same name.
 NEW_JOB_COLUMNS = tuple(name for name in _NEW_JOB_FIELDS if name in JOBS.c)
 
@@ -107,6 +115,9 @@ class ClaimedJob:
     fallbacks: list[str] | None = None
     use_cache: bool | None = None
     degraded_ok: bool = False
+    priority: str = "interactive"
+    api_key_id: str | None = None
+    budget_wait: bool = False
     worker: str | None = None
     # The rest of the job as the claim left it, so a completion can state the job's public view
     # (its webhook payload) without reading the row again.

@@ -49,6 +49,7 @@ def create_job(
     max_attempts: int,
     idempotency_key: str | None = None,
     idempotency_ttl_s: int = 86400,
+    api_key_id: str | None = None,
 ) -> tuple[Any, bool]:
     """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
     replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
@@ -64,6 +65,7 @@ def create_job(
             **{ATTRIBUTE_OF[column]: getattr(new, column) for column in NEW_JOB_COLUMNS},
             "id": new_id("job_"),
             "tenant_id": tenant_id,
+            "api_key_id": api_key_id,
             "idempotency_key": idempotency_key,
             "request_fingerprint": fingerprint,
             "max_attempts": max_attempts,

@@ -5,12 +5,14 @@ The database is the source of truth for every job; the broker only carries job i
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -34,6 +36,22 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- governance (docs: README "Tenants, limits and budgets") ---
+    # The tier names a [tiers.<name>] table of the providers file: rpm at submit, tpm and calls
+    # in flight fleet-wide, and the tenant's weight in the models' wait lines.
+    tier: Mapped[str] = mapped_column(String(32), default="free", server_default="free")
+    rpm: Mapped[int | None] = mapped_column(Integer)  # overrides of the tier's limits
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    # Budgets in USD per budget_period (month | week | day), reserved before every call.
+    budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))  # the whole tenant
+    user_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))  # each end user
+    budget_period: Mapped[str] = mapped_column(String(16), default="month", server_default="month")
+    # Fractions of a budget that emit a budget.threshold event, once per period (None: [0.8]).
+    budget_thresholds: Mapped[list[float] | None] = mapped_column(JSONType)
+    # Where the tenant's own events (budget.threshold) are POSTed, signed like job events.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
@@ -47,6 +65,14 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(24))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    name: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None]
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSONType)  # None: every model
+    rpm: Mapped[int | None] = mapped_column(Integer)  # overrides of the tenant's limits
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))  # per the tenant's period
+    rotated_from: Mapped[str | None] = mapped_column(String(40))  # the key this one replaced
 
 
 class Job(Base):
@@ -80,6 +106,10 @@ class Job(Base):
     fallbacks: Mapped[list[str] | None] = mapped_column(JSONType)  # the job's own chain, if given
     use_cache: Mapped[bool | None] = mapped_column(Boolean)  # None: as the settings say
     degraded_ok: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    priority: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
+    api_key_id: Mapped[str | None] = mapped_column(String(40))  # the key it was submitted with
+    # A call that does not fit the budget: fail the job (False) or wait for the next period.
+    budget_wait: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # --- routing: the model the next attempt uses (a fallback moves it along the chain) ---------
     current_model: Mapped[str | None] = mapped_column(String(200))
@@ -137,10 +167,16 @@ class Attempt(Base):
     retry_after_s: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Of the prompt tokens: read from the provider's prompt cache (OpenAI cached_tokens,
+    # Anthropic cache_read_input_tokens) and written to it (Anthropic cache_creation_input_tokens).
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))  # what the provider billed
 
 
 class WebhookEvent(Base):
-    """One event per job and final state; its id is the ``webhook-id`` of every delivery."""
+    """One event per job and final state (or per tenant event, such as ``budget.threshold``,
+    with no job); its id is the ``webhook-id`` of every delivery."""
 
     __tablename__ = "webhook_events"
     __table_args__ = (
@@ -149,7 +185,7 @@ class WebhookEvent(Base):
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     type: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)
@@ -174,6 +210,71 @@ class WebhookDelivery(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     success: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class UsageRollup(Base):
+    """Usage per tenant, UTC day, model, end user, key and the rolled-up metadata keys, kept
+    current in the transaction that ends each attempt: ``GET /v1/usage`` sums these rows, never
+    the jobs. The empty string stands for "none" in the key columns (they are part of the unique
+    key, and NULLs are never equal)."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant_id", "day", "model", "end_user", "api_key_id", "dims", name="uq_usage_rollups_key"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    day: Mapped[date] = mapped_column(Date)
+    model: Mapped[str] = mapped_column(String(200))
+    end_user: Mapped[str] = mapped_column(String(128), default="")
+    api_key_id: Mapped[str] = mapped_column(String(40), default="")
+    dims: Mapped[str] = mapped_column(String(1024), default="")  # canonical JSON of metadata keys
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), default=Decimal(0))
+
+
+class UsageTotal(Base):
+    """Running totals per tenant and model since the start: the Prometheus counters, read at a
+    scrape in one small query (a row per tenant and model, never a scan of the jobs)."""
+
+    __tablename__ = "usage_totals"
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), default=Decimal(0))
+
+
+class BudgetAlert(Base):
+    """A soft threshold of a budget crossed in one period: written once (the unique key), with
+    the ``budget.threshold`` event, so the event is sent once per period whichever worker saw it."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (
+        UniqueConstraint("scope", "period_start", "threshold", name="uq_budget_alerts_scope_period"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    scope: Mapped[str] = mapped_column(String(300))  # tenant:<id> | user:<id>:<user> | key:<id>
+    period_start: Mapped[datetime]
+    threshold: Mapped[float] = mapped_column(Float)
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric(18, 8))
+    budget_usd: Mapped[Decimal] = mapped_column(Numeric(18, 8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def job_public(job: Any) -> dict[str, Any]:
@@ -221,4 +322,5 @@ def job_public(job: Any) -> dict[str, Any]:
         "cached": bool(job.cached),
         "degraded": bool(job.degraded),
         "fallbacks": job.fallbacks,
+        "priority": job.priority,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 import structlog
@@ -60,7 +61,7 @@ def oldest_waiting_sent_at(client: redis.Redis, queue: str = LLM_QUEUE) -> float
     nothing waits. kombu's Redis transport LPUSHes and BRPOPs, so the oldest message is the
     list's last element: one LINDEX, whatever the backlog. A message without the header (sent by
     an older llmq) counts as sent now, which holds every re-send back until it has been taken."""
-    raw = client.lindex(queue, -1)
+    raw = cast(str | bytes | None, client.lindex(queue, -1))
     if raw is None:
         return None
     try:

@@ -246,10 +246,11 @@ def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome, *, sent: bool = Tr
     transient = None
     if not outcome.interrupted:
         transient = outcome.failure is not None and outcome.failure.retryable
-    tokens = None
+    tokens = cost = None
     if outcome.result is not None:
         tokens = outcome.result.prompt_tokens + outcome.result.completion_tokens
-    after_call(rt, go, CallEnd(sent=sent, transient_failure=transient, total_tokens=tokens))
+        cost = outcome.result.cost_usd
+    after_call(rt, go, CallEnd(sent=sent, transient_failure=transient, total_tokens=tokens, cost_usd=cost))
 
 
 def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:

@@ -33,6 +33,7 @@ from llmq.models.records import CallResult, ClaimedJob, SendNow
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
+from llmq.tasks.tenancy import TenantPolicies
 from llmq.webhooks.sender import DeliveryOutcome, webhook_session
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
@@ -67,6 +68,7 @@ class WorkerRuntime:
         self.limiter = fleet_limiter(self.redis, self.providers)
         self.breakers = CircuitBreakers(self.redis, self.providers)
         self.cache = ResponseCache(self.redis, self.providers.cache)
+        self.policies = TenantPolicies(self.db, self.providers)
         self.registry = ProviderRegistry.from_settings(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)

@@ -20,7 +20,7 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -93,7 +93,7 @@ def show_live_progress(client: redis.Redis, jobs: Iterable[tuple[Any, dict[str, 
     if not running:
         return
     try:
-        values = client.mget([PROGRESS_KEY.format(job.id) for job, _ in running])
+        values = cast(list[Any], client.mget([PROGRESS_KEY.format(job.id) for job, _ in running]))
     except redis.RedisError as exc:
         logger.warning("progress_read_failed", error=type(exc).__name__)
         return

@@ -26,6 +26,7 @@ from tests.faults.load import SubmitReport, run_load
 from tests.faults.receiver import Delivery
 from tests.faults.stack import Stack
 from tests.integration.services import wait_for
+from tests.sync import done
 
 _counter = 0
 
@@ -64,7 +65,7 @@ class Scenario:
     def redis_llen(self, queue: str = "llm") -> int:
         client = self.stack.redis()
         try:
-            return int(client.llen(queue))
+            return int(done(client.llen(queue)))
         finally:
             client.close()
 

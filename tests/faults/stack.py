@@ -163,7 +163,9 @@ class Stack:
         recreate_database(self.database_url)
         self.db = Database(self.database_url, pool_size=4, max_overflow=4)
         with self.db.transaction() as session:
-            self.tenant = create_key(session, tenant_name=f"faults-{uuid.uuid4().hex[:6]}", now=utcnow())
+            self.tenant = create_key(
+                session, tenant_name=f"faults-{uuid.uuid4().hex[:6]}", now=utcnow(), tier="unlimited"
+            )
         self._start_redis()
         self._spawn(
             "simulator",

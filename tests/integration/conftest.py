@@ -148,7 +148,9 @@ def client(app: Flask) -> FlaskClient:
 def tenant(database: Database) -> IssuedKey:
     """A fresh tenant with its own API key and webhook secret."""
     with database.transaction() as session:
-        return create_key(session, tenant_name=f"tenant-{uuid.uuid4().hex[:8]}", now=utcnow())
+        return create_key(
+            session, tenant_name=f"tenant-{uuid.uuid4().hex[:8]}", now=utcnow(), tier="unlimited"
+        )
 
 
 @pytest.fixture

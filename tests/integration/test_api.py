@@ -50,7 +50,9 @@ def test_another_tenants_job_is_404_like_an_unknown_id(
     from llmq.models.tenants import create_key
 
     with database.transaction() as session:
-        other = create_key(session, tenant_name=f"other-{uuid.uuid4().hex[:6]}", now=utcnow())
+        other = create_key(
+            session, tenant_name=f"other-{uuid.uuid4().hex[:6]}", now=utcnow(), tier="unlimited"
+        )
     other_auth = {"Authorization": f"Bearer {other.api_key}"}
     job = client.post("/v1/jobs", json={"prompt": "mine"}, headers=auth).get_json()
     for path in (f"/v1/jobs/{job['id']}", f"/status/{job['id']}", f"/v1/jobs/{job['id']}/attempts"):

@@ -44,6 +44,7 @@ from tests.integration.services import (
     stop_process,
     wait_for,
 )
+from tests.sync import done
 
 JOBS = 20
 REAL = f"real-{uuid.uuid4().hex[:6]}@127.0.0.1"
@@ -197,7 +198,7 @@ def test_jobs_reserved_by_a_sigkilled_worker_are_sent_again_without_waiting_for_
     try:
         ids = _submit(client, auth, model, JOBS)
         wait_for(
-            lambda: sim.stats()["in_flight_by_model"].get(bare, 0) == 1 and broker.hlen("unacked") >= 2,
+            lambda: sim.stats()["in_flight_by_model"].get(bare, 0) == 1 and done(broker.hlen("unacked")) >= 2,
             timeout=30,
             what="the doomed worker to run one call and hold reserved messages",
         )

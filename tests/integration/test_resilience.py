@@ -32,6 +32,7 @@ from llmq.models.tables import Attempt, Job
 from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, wait_for_status
 from tests.integration.services import celery_worker_argv, settings_env, start_process, stop_process, wait_for
+from tests.sync import done
 
 RUN = uuid.uuid4().hex[:6]
 M = {
@@ -215,7 +216,8 @@ def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
 
     def full_line() -> list[str] | None:
         ids = [
-            m.decode() if isinstance(m, bytes) else str(m) for m in rl.zrange(f"llmq:rl:{model}:line", 0, -1)
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in done(rl.zrange(f"llmq:rl:{model}:line", 0, -1))
         ]
         return ids if len(ids) == FIFO_RPM else None
 
@@ -338,7 +340,9 @@ def test_another_tenants_cached_answer_is_not_served(
         fclient, auth, fclient.post("/v1/jobs", json=body, headers=auth).get_json()["id"], {"completed"}
     )
     with database.transaction() as session:
-        other = create_key(session, tenant_name=f"other-{uuid.uuid4().hex[:6]}", now=utcnow())
+        other = create_key(
+            session, tenant_name=f"other-{uuid.uuid4().hex[:6]}", now=utcnow(), tier="unlimited"
+        )
     other_auth = {"Authorization": f"Bearer {other.api_key}"}
     theirs = fclient.post("/v1/jobs", json=body, headers=other_auth).get_json()
     assert wait_for_status(fclient, other_auth, theirs["id"], {"completed"})["cached"] is False

@@ -64,6 +64,9 @@ def completed_job() -> SimpleNamespace:
         fallbacks=["anthropic/claude-3-haiku"],
         use_cache=True,
         degraded_ok=True,
+        priority="bulk",
+        api_key_id="key_1",
+        budget_wait=True,
         current_model="openai/gpt-4o-mini",
         model_attempts=2,
         attempts=2,
@@ -163,6 +166,8 @@ def test_new_job_fields_are_columns_but_the_timeout() -> None:
         "progress": 0.0,
         "cached": False,
         "degraded": False,
+        "priority": "interactive",
+        "budget_wait": False,
     }
 
 
@@ -180,6 +185,8 @@ def test_fingerprint_covers_every_field() -> None:
         "fallbacks": ["openai/c"],
         "use_cache": False,
         "degraded_ok": True,
+        "priority": "bulk",
+        "budget_wait": True,
     }
     assert set(changed) == {f.name for f in fields(NewJob)}
     prints = {NewJob(**{**vars(base), name: value}).fingerprint() for name, value in changed.items()}

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from llmq.workers.progress import MAX_PARTIAL_CHARS, ProgressWriter, show_live_progress
+from tests.sync import done
 
 
 def _view(job_id: str, status: str = "processing", token: str | None = "tok-1") -> tuple[Any, dict[str, Any]]:
@@ -23,7 +24,7 @@ def test_the_latest_report_of_each_job_is_written_in_one_flush_and_shown(rdb: re
     writer.report("job_b", "tok-1", "x" * (MAX_PARTIAL_CHARS + 10), tokens=300, max_tokens=100)
     assert writer.flush() == 2
     assert writer.flush() == 0  # nothing new since
-    assert 29_000 < rdb.pttl("llmq:progress:job_a") <= 30_000
+    assert 29_000 < done(rdb.pttl("llmq:progress:job_a")) <= 30_000
     a, b = _view("job_a"), _view("job_b")
     show_live_progress(rdb, [a, b])
     assert a[1] == {"id": "job_a", "progress": 0.5, "partial_text": "Once upon"}

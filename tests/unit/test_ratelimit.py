@@ -14,6 +14,7 @@ import redis
 from llmq.config.providers_file import LimitsConfig, ModelConfig, ProvidersConfig
 from llmq.workers.ratelimit import SLOT_POLL_S, SLOT_WAIT_MAX_S, RateLimiter
 from llmq.workers.tokens import estimate_input_tokens, estimate_tokens
+from tests.sync import done
 from tests.unit.conftest import REDIS_URL
 
 
@@ -69,7 +70,7 @@ def test_unlimited_model_is_always_admitted_without_redis(rdb: redis.Redis) -> N
 
 
 def server_time(client: redis.Redis) -> float:
-    seconds, micros = client.time()
+    seconds, micros = done(client.time())
     return seconds + micros / 1_000_000
 
 
@@ -163,10 +164,10 @@ def test_keys_expire_with_the_window(rdb: redis.Redis) -> None:
     rl = limiter(rdb, 0.5, a=ModelConfig(rpm=5, tpm=50, concurrency=2))
     rl.acquire("sim/a", 5)
     assert rl.acquire("sim/a", 0, holder="h", lease_s=0.5).allowed
-    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in rdb.keys("*"))
+    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in done(rdb.keys("*")))
     assert keys == ["llmq:rl:sim/a:log", "llmq:rl:sim/a:slots", "llmq:rl:sim/a:sum", "llmq:rl:sim/a:tok"]
     for key in keys:
-        assert 0 < rdb.pttl(key) <= 1500
+        assert 0 < done(rdb.pttl(key)) <= 1500
 
 
 def test_eight_threads_never_exceed_rpm_or_tpm_in_any_window(rdb: redis.Redis) -> None:
@@ -486,7 +487,7 @@ def test_line_keys_expire_with_the_last_waiting_job(rdb: redis.Redis) -> None:
     refused = rl.acquire("sim/a", 5, job_id="j1", grace_s=1.0)
     assert not refused.allowed
     for key in ("llmq:rl:sim/a:line", "llmq:rl:sim/a:due", "llmq:rl:sim/a:want"):
-        assert 0 < rdb.pttl(key) <= (refused.retry_in_s + 1.0) * 1000 + 1001
+        assert 0 < done(rdb.pttl(key)) <= (refused.retry_in_s + 1.0) * 1000 + 1001
 
 
 def test_jobs_waiting_in_line_never_overshoot_any_limit(rdb: redis.Redis) -> None:

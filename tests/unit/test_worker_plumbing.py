@@ -17,6 +17,7 @@ from llmq.tasks.batch import BatchWriter
 from llmq.tasks.inflight import CANCEL_CHANNEL, CallCapacity, CancelListener, InFlightCalls, publish_cancel
 from llmq.workers.providers.base import sse_data
 from tests.integration.services import wait_for
+from tests.sync import done
 from tests.unit.conftest import REDIS_URL
 
 
@@ -177,15 +178,19 @@ def test_the_cancel_listener_closes_its_subscription_before_it_subscribes_again(
     listener = CancelListener(REDIS_URL, calls)
     listener.start()
     try:
-        wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=5, what="the subscription")
+        wait_for(lambda: _subscribers(rdb) == 1, timeout=5, what="the subscription")
         for n in range(3):  # each message makes the handling fail
             publish_cancel(rdb, f"job_{n}")
             wait_for(partial(_has_seen, calls, n + 1), timeout=10, what=f"message {n}")
-            wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 0, timeout=5, what="unsubscribed")
-            wait_for(lambda: rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, timeout=10, what="resubscribed")
+            wait_for(lambda: _subscribers(rdb) == 0, timeout=5, what="unsubscribed")
+            wait_for(lambda: _subscribers(rdb) == 1, timeout=10, what="resubscribed")
         publish_cancel(rdb, "job_3")  # handled without an error, by the one live subscription
         wait_for(lambda: len(calls.seen) == 4, timeout=10, what="message 3")
-        assert rdb.pubsub_numsub(CANCEL_CHANNEL)[0][1] == 1, "one subscription, not one per error"
+        assert _subscribers(rdb) == 1, "one subscription, not one per error"
     finally:
         listener.stop()
         listener.join(5)
+
+
+def _subscribers(rdb: redis.Redis) -> int:
+    return int(done(rdb.pubsub_numsub(CANCEL_CHANNEL))[0][1])

@@ -14,6 +14,7 @@ A new stage (a tenant's budget, say) is one module with these methods, listed in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from llmq.models.records import ClaimedJob
@@ -86,6 +87,7 @@ class CallEnd:
     sent: bool
     transient_failure: bool | None
     total_tokens: int | None
+    cost_usd: Decimal | None = None  # what the provider billed for the call, when known
 
 
 class JobStage(Protocol):
