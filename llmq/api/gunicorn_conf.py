@@ -2,6 +2,16 @@
 
 gthread workers: each request is short (a few database statements and one broker publish), so
 a few processes with a handful of threads each keep both cores busy without many connections.
+
+Keep-alive: an idle connection is kept ``keepalive`` seconds (``LLMQ_API_KEEPALIVE_S``, 75 as
+nginx does, above the idle timeouts of the usual clients and load balancers: aiohttp 15 s, httpx
+5 s, AWS ALB 60 s). The server must be the side that waits longer: when it closes an idle
+connection at the moment a client reuses it, the client's request meets a closed socket and
+gets no answer (a 202 it never sees). With gunicorn's old 5 s, a client whose pool kept a
+connection idle for about 5 s lost requests that way (issue 13); idle keep-alive connections
+cost the gthread worker nothing but a socket in its poller. Clients that never expire idle
+connections (urllib3/requests) should still retry a connection error with the same
+``Idempotency-Key``, which makes the retry safe.
 """
 
 import os
@@ -10,7 +20,7 @@ bind = f"{os.environ.get('LLMQ_API_HOST', '127.0.0.1')}:{os.environ.get('LLMQ_AP
 workers = int(os.environ.get("LLMQ_API_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("LLMQ_API_THREADS", "8"))
-keepalive = 5
+keepalive = int(os.environ.get("LLMQ_API_KEEPALIVE_S", "75"))
 timeout = 60
 graceful_timeout = 20
 accesslog = None

@@ -89,6 +89,20 @@ def _interrupt(signum: int, _frame: Any) -> None:
 )
 @click.option("--warmup-jobs", type=int, default=20, show_default=True)
 @click.option(
+    "--connections",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Keep-alive connections the load generator may open to the API.",
+)
+@click.option(
+    "--burst-every",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Offer the rate in bursts this many seconds apart (0: one request every 1/rate s).",
+)
+@click.option(
     "--env", "extra_env", multiple=True, metavar="KEY=VALUE", help="Extra environment for every child."
 )
 @click.option(
@@ -115,6 +129,8 @@ def bench(
     baseline_jobs: int | None,
     database_url: str,
     warmup_jobs: int,
+    connections: int,
+    burst_every: float,
     extra_env: tuple[str, ...],
     run_dir: Path | None,
 ) -> None:
@@ -161,6 +177,8 @@ def bench(
             webhooks=webhooks and workers > 0,
             warmup_jobs=warmup_jobs,
             submit_only=workers == 0,
+            connections=connections,
+            burst_every_s=burst_every,
         )
     ]
     if baseline:
@@ -208,6 +226,8 @@ def bench(
             "api_workers": api_workers,
             "webhook_concurrency": config.webhook_concurrency,
             "webhooks": webhooks,
+            "connections": connections,
+            "burst_every": burst_every,
             "timeout": wait_s,
             "baseline": baseline,
             "baseline_seconds": baseline_seconds if baseline else None,

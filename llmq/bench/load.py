@@ -2,7 +2,9 @@
 
 A scheduler starts request *i* at ``t0 + i/R`` whether or not earlier ones were answered (each
 request is its own task; the connection pool is as large as the concurrency cap), so a slow API
-shows up as latency, not as a lower offered rate. It stops offering after ``--jobs`` requests or
+shows up as latency, not as a lower offered rate. With ``--burst-every S`` the same rate comes
+in bursts of ``R * S`` requests every S seconds (the shape that leaves keep-alive connections
+idle between bursts). It stops offering after ``--jobs`` requests or
 ``--max-seconds``, whichever comes first, and gives every request ``--request-timeout``.
 
 Every prompt is different (it carries the request's number), so that no response cache serves a
@@ -69,8 +71,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         mono0 = loop.time() + 0.05
         epoch0 = time.time() + (mono0 - loop.time())
         offered = 0
+        per_burst = max(1, round(args.rate * args.burst_every)) if args.burst_every else 0
         for i in range(args.jobs):
-            at = mono0 + i / args.rate
+            # Steady: one request every 1/rate s. Bursts: rate * burst_every requests at once,
+            # every burst_every s — the pool's connections then sit idle until the next burst.
+            at = mono0 + (i // per_burst * args.burst_every if per_burst else i / args.rate)
             if at - mono0 > args.max_seconds:
                 break
             delay = at - loop.time()
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=2000)
+    parser.add_argument("--burst-every", type=float, default=0.0, help="Send in bursts this many s apart.")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))

@@ -165,6 +165,8 @@ def phase_figures(data: PhaseData) -> dict[str, Any]:
             "offered": data.load["offered"],
             "accepted": accepted,
             "rejected": data.load["offered"] - accepted,
+            # requests that got no HTTP answer at all (connection closed or reset, timeout)
+            "unanswered": sum(1 for row in data.load["rows"] if row[4] == -1),
             "completed": completed,
             "failed": count["failed"],
             "cancelled": count["cancelled"],
@@ -279,8 +281,9 @@ def _rows(fig: dict[str, Any]) -> list[tuple[str, str]]:
     machine = fig["machine"]
     return [
         (
-            "jobs offered / accepted (202) / created unacknowledged",
-            f"{_fmt(j['offered'])} / {_fmt(j['accepted'])} / {_fmt(j['created_unacknowledged'])}",
+            "jobs offered / accepted (202) / unanswered / created unacknowledged",
+            f"{_fmt(j['offered'])} / {_fmt(j['accepted'])} / {_fmt(j.get('unanswered'))}"
+            f" / {_fmt(j['created_unacknowledged'])}",
         ),
         ("completed / failed / lost", f"{_fmt(j['completed'])} / {_fmt(j['failed'])} / {_fmt(j['lost'])}"),
         ("offered rate (jobs/s)", _fmt(fig["offered_rate"])),

@@ -45,6 +45,8 @@ class PhasePlan:
     webhooks: bool = True
     warmup_jobs: int = 20
     submit_only: bool = False  # no LLM worker: measure the submit path alone, jobs stay queued
+    connections: int = 2000  # the load generator's connection pool (keep-alive connections)
+    burst_every_s: float = 0.0  # 0: steady; else the load comes in bursts this far apart
 
 
 @dataclass
@@ -151,6 +153,7 @@ def _start_load(stack: Stack, plan: PhasePlan, model: str, out: Path) -> subproc
         sys.executable, "-m", "llmq.bench.load", "--api", stack.api_url, "--key", stack.api_key,
         "--jobs", str(plan.jobs), "--rate", str(plan.rate), "--model", model,
         "--max-seconds", str(plan.max_offer_s), "--out", str(out),
+        "--concurrency", str(plan.connections), "--burst-every", str(plan.burst_every_s),
     ]  # fmt: skip
     if plan.webhooks:
         argv += ["--webhook-url", f"{stack.receiver_url}/hooks/{plan.name}"]

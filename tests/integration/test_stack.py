@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,24 @@ def _alive(pids: set[int]) -> set[int]:
         if state != "Z":
             alive.add(pid)
     return alive
+
+
+def _idle_keep_alive_connection_still_answers(port: int) -> None:
+    """A client that reuses a connection after it sat idle a few seconds gets its answer: the
+    server keeps idle connections longer than clients do (gunicorn_conf ``keepalive``), so it is
+    never the server that closes a connection the client is about to use."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        sock = conn.sock
+        time.sleep(7)  # longer than gunicorn's default keep-alive (5 s), which lost requests
+        conn.request("GET", "/health")  # raises RemoteDisconnected if the server closed it
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
+        assert conn.sock is sock, "the same connection answered"
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -94,6 +114,7 @@ def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(
         assert (tmp_path / "var" / "llmq.db").exists(), (
             "the embedded default keeps its SQLite file under ./var"
         )
+        _idle_keep_alive_connection_still_answers(int(stack_env["LLMQ_API_PORT"]))
 
         issued = json.loads(
             subprocess.run(
