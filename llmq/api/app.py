@@ -29,9 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("llmq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db = Database(
-        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
-    )
+    db = Database.from_settings(settings)
     app.extensions["llmq.settings"] = settings
     app.extensions["llmq.db"] = db
     app.extensions["llmq.provider_specs"] = provider_specs(settings)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     # the short transactions, and keeps a fleet of workers under Postgres' max_connections.
     db_pool_size: int = 10
     db_max_overflow: int = 20
+    # psycopg prepares a statement on the server after its 5th run on a connection: less parsing
+    # and planning on the hot path. Behind PgBouncer in transaction pooling mode (before 1.21, or
+    # without max_prepared_statements), a prepared statement lives on one server connection and
+    # the next transaction may run on another: set this to false there (README "PgBouncer").
+    db_prepared_statements: bool = True
 
     # --- workers and queue ---------------------------------------------------------------------
     # Celery pool threads of an LLM worker. A task only claims its job and starts the call (a call

@@ -17,13 +17,20 @@ import tenacity
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmq.config.settings import Settings
+
 T = TypeVar("T")
 P = ParamSpec("P")
 logger = structlog.get_logger(__name__)
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 10, prepared_statements: bool = True
+    ) -> None:
+        """``prepared_statements`` False: psycopg never prepares a statement on the server (for
+        PgBouncer's transaction pooling, where consecutive transactions may run on different
+        server connections)."""
         self.url = url
         # No pre-ping: it is a round trip on every checkout. After a database restart the first use
         # of a dead connection fails, SQLAlchemy then drops every pooled connection, and callers
@@ -34,10 +41,22 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
+            if not prepared_statements:
+                kwargs["connect_args"] = {"prepare_threshold": None}
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The process's database, as the settings size and shape its pool."""
+        return cls(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            prepared_statements=settings.db_prepared_statements,
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -59,9 +59,7 @@ class WorkerRuntime:
         self.settings = settings
         sys.setswitchinterval(settings.worker_switch_interval_s)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        self.db = Database(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
-        )
+        self.db = Database.from_settings(settings)
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
