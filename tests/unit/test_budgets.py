@@ -32,11 +32,12 @@ from llmq.workers.cache import ResponseCache
 from llmq.workers.pricing import PriceTable
 from llmq.workers.ratelimit import RateLimiter
 from llmq.workers.tokens import estimate_input_tokens
+from tests.sync import done
 
 NOW = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)
 PERIOD = period_of("month", NOW)
 TENANT = Scope("tenant", "ten_1", to_units(1))  # $1
-USER = Scope("user", "ten_1", to_units("0.10"), user="alice")  # $0.10
+USER = Scope("user", "ten_1", to_units(Decimal("0.10")), user="alice")  # $0.10
 
 
 def _no_seed(scopes: Sequence[Scope], period: Period) -> list[int]:
@@ -91,7 +92,7 @@ def test_worst_case_prices_the_counted_prompt_and_max_tokens_rounded_up() -> Non
 
 def test_units_are_the_databases_eight_decimals() -> None:
     assert to_units(Decimal("0.00000001")) == 1
-    assert to_units("12.34567891") == 1_234_567_891
+    assert to_units(Decimal("12.34567891")) == 1_234_567_891
     assert to_usd(1_234_567_891) == Decimal("12.34567891")
 
 
@@ -185,7 +186,7 @@ def test_a_settle_on_a_lost_account_is_kept_and_the_seed_adds_the_database(rdb: 
     ledger = BudgetLedger(rdb)
     hold = _reserve(ledger, [TENANT], 100).hold
     assert hold is not None
-    for key in rdb.keys("llmq:budget:*"):
+    for key in done(rdb.keys("llmq:budget:*")):
         rdb.delete(key)  # Redis lost everything
     ledger.settle(hold, 80, now=NOW)
     assert ledger.balance(TENANT, PERIOD) == (80, 0, False)
