@@ -89,6 +89,13 @@ def _interrupt(signum: int, _frame: Any) -> None:
 )
 @click.option("--warmup-jobs", type=int, default=20, show_default=True)
 @click.option(
+    "--budget-usd",
+    type=float,
+    default=None,
+    help="Give the bench tenant a monthly budget: every call then reserves and settles it "
+    "(the bench's model has no price, so no job is refused).",
+)
+@click.option(
     "--env", "extra_env", multiple=True, metavar="KEY=VALUE", help="Extra environment for every child."
 )
 @click.option(
@@ -115,6 +122,7 @@ def bench(
     baseline_jobs: int | None,
     database_url: str,
     warmup_jobs: int,
+    budget_usd: float | None,
     extra_env: tuple[str, ...],
     run_dir: Path | None,
 ) -> None:
@@ -147,6 +155,7 @@ def bench(
         database_url=database_url,
         run_dir=run_dir,
         extra_env=env,
+        budget_usd=budget_usd,
     )
     wait_s = timeout if timeout is not None else 60 + 3 * (latency + jitter)
     offer_s = jobs / rate
@@ -213,6 +222,7 @@ def bench(
             "baseline_seconds": baseline_seconds if baseline else None,
             "database_url": _safe(database_url),
             "extra_env": env,
+            "budget_usd": budget_usd,
             "run_dir": str(run_dir),
             "children": {name: shlex.join(argv) for name, argv in stack.commands.items()},
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
