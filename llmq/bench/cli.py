@@ -103,6 +103,13 @@ def _interrupt(signum: int, _frame: Any) -> None:
     help="Offer the rate in bursts this many seconds apart (0: one request every 1/rate s).",
 )
 @click.option(
+    "--budget-usd",
+    type=float,
+    default=None,
+    help="Give the bench tenant a monthly budget: every call then reserves and settles it "
+    "(the bench's model has no price, so no job is refused).",
+)
+@click.option(
     "--env", "extra_env", multiple=True, metavar="KEY=VALUE", help="Extra environment for every child."
 )
 @click.option(
@@ -131,6 +138,7 @@ def bench(
     warmup_jobs: int,
     connections: int,
     burst_every: float,
+    budget_usd: float | None,
     extra_env: tuple[str, ...],
     run_dir: Path | None,
 ) -> None:
@@ -163,6 +171,7 @@ def bench(
         database_url=database_url,
         run_dir=run_dir,
         extra_env=env,
+        budget_usd=budget_usd,
     )
     wait_s = timeout if timeout is not None else 60 + 3 * (latency + jitter)
     offer_s = jobs / rate
@@ -233,6 +242,7 @@ def bench(
             "baseline_seconds": baseline_seconds if baseline else None,
             "database_url": _safe(database_url),
             "extra_env": env,
+            "budget_usd": budget_usd,
             "run_dir": str(run_dir),
             "children": {name: shlex.join(argv) for name, argv in stack.commands.items()},
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -87,6 +87,7 @@ class StackConfig:
     database_url: str
     run_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    budget_usd: float | None = None  # the bench tenant's monthly budget (None: no budget)
 
 
 class Stack:
@@ -207,8 +208,13 @@ class Stack:
         self.check_alive("beat")
 
     def _create_key(self) -> None:
+        from decimal import Decimal
+
+        from sqlalchemy import update
+
         from llmq.models.base import utcnow
         from llmq.models.db import Database
+        from llmq.models.tables import Tenant
         from llmq.models.tenants import create_key
 
         database = Database(self.config.database_url, pool_size=1, max_overflow=0)
@@ -217,6 +223,12 @@ class Stack:
                 issued = create_key(
                     session, tenant_name=f"bench-{self.run_id}", now=utcnow(), tier="unlimited"
                 )
+                if self.config.budget_usd is not None:  # every call reserves and settles it
+                    session.execute(
+                        update(Tenant)
+                        .where(Tenant.id == issued.tenant_id)
+                        .values(budget_usd=Decimal(str(self.config.budget_usd)))
+                    )
         finally:
             database.dispose()
         self.api_key = issued.api_key

@@ -35,11 +35,12 @@ from llmq.models.db import is_database_outage, retry_on_database_outage
 from llmq.models.finish import complete_job, complete_jobs, discard_attempt, fail_attempt, hand_back
 from llmq.models.records import CallResult, ClaimedJob, Completion, TransitionResult
 from llmq.models.recovery import expire_overdue
+from llmq.models.refuse import refuse_job
 from llmq.models.submit import job_exists
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
-from llmq.tasks.gate import CallEnd, Go, Hit, Park, after_call, gate, model_chain
+from llmq.tasks.gate import CallEnd, Go, Hit, Park, Refuse, after_call, gate, model_chain
 from llmq.tasks.policy import after_failure
 from llmq.tasks.runtime import WorkerRuntime, get_runtime, use_completion_recorder
 from llmq.tasks.webhooks import send_claimed
@@ -77,7 +78,7 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
             decision = gate(rt, claim)
             if isinstance(decision, Park):
                 enqueued = _by_countdown(rt, decision.delay_s)
-                until = now + timedelta(seconds=decision.delay_s)
+                until = decision.until or now + timedelta(seconds=decision.delay_s)
                 park_job(session, claim, now=now, until=until, reason=decision.reason, enqueued=enqueued)
             elif isinstance(decision, Hit):
                 claim = record_attempt(
@@ -85,6 +86,10 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
                 )
                 transition = complete_job(
                     session, claim, _from_cache(decision.answer), now, send_now=rt.send_now
+                )
+            elif isinstance(decision, Refuse):  # not called: fails at once (over budget)
+                transition = refuse_job(
+                    session, claim, decision.error_type, decision.message, now, send_now=rt.send_now
                 )
             else:
                 claim = record_attempt(
@@ -101,6 +106,10 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
         _announce(rt, transition)
         logger.info("job_cache_hit", job_id=job_id)
         return "completed"
+    if isinstance(decision, Refuse):
+        _announce(rt, transition)
+        logger.info("job_refused", job_id=job_id, error_type=decision.error_type)
+        return "refused"
     logger.info("job_attempt_started", job_id=job_id, attempt=claim.attempt_number, model=claim.model)
     slot = (decision.model, decision.slot_holder) if decision.slot_holder is not None else None
     call = start_call(rt, claim, utcnow(), slot=slot)

@@ -36,6 +36,7 @@ from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, Lea
 from llmq.tasks.tenancy import TenantPolicies
 from llmq.webhooks.sender import DeliveryOutcome, webhook_session
 from llmq.workers.breaker import CircuitBreakers
+from llmq.workers.budgets import BudgetLedger
 from llmq.workers.cache import ResponseCache
 from llmq.workers.pricing import PriceTable
 from llmq.workers.progress import ProgressWriter
@@ -65,6 +66,7 @@ class WorkerRuntime:
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
         self.limiter = fleet_limiter(self.redis, self.providers)
         self.breakers = CircuitBreakers(self.redis, self.providers)
+        self.budgets = BudgetLedger(self.redis)
         self.cache = ResponseCache(self.redis, self.providers.cache)
         self.policies = TenantPolicies(self.db, self.providers)
         self.registry = ProviderRegistry.from_settings(settings)

@@ -5,6 +5,8 @@ changing one orphans the keys already written under it.
 
     RATELIMIT_PREFIX  llmq:rl            rate limits (workers/ratelimit.py):
                                          llmq:rl:<model>:log, :tok, :sum, :slots, :line, :due, :want
+    BUDGET_PREFIX     llmq:budget        budgets (workers/budgets.py), per scope and period start:
+                                         llmq:budget:<scope>:<YYYYMMDD>:acct, :res, :exp
     BREAKER_PREFIX    llmq:cb            circuit breakers (workers/breaker.py):
                                          llmq:cb:<model>:state, :calls, :fails, :probe
     CACHE_PREFIX      llmq:cache         cached answers (workers/cache.py): llmq:cache:v1:<sha256>
@@ -14,14 +16,15 @@ changing one orphans the keys already written under it.
     SWEEP_LOCK        llmq:sweep-lock    the lock that keeps to one sweep at a time (tasks/sweep.py)
 
 The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
-are Celery's and not listed here. The rate limiter and the breakers take a ``prefix`` argument
-whose default is theirs above.
+are Celery's and not listed here. The rate limiter, the breakers and the budget ledger take a
+``prefix`` argument whose default is theirs above.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BREAKER_PREFIX",
+    "BUDGET_PREFIX",
     "CACHE_PREFIX",
     "CANCEL_CHANNEL",
     "PROGRESS_KEY",
@@ -31,6 +34,7 @@ __all__ = [
 
 RATELIMIT_PREFIX = "llmq:rl"
 BREAKER_PREFIX = "llmq:cb"
+BUDGET_PREFIX = "llmq:budget"
 CACHE_PREFIX = "llmq:cache"
 PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"

@@ -7,6 +7,8 @@
                                             ▼
              for each model of the chain, from the job's current one:
                  breaker open? ──▶ next model ... none left ──▶ Park("circuit_open")
+                 budget has no room for its worst case? ──▶ Refuse("budget_exceeded"),
+                     or Park("budget") until the next period when the job asked to wait
                  its turn in the model's line, and a slot, rpm and tpm room for it?
                      ──no──▶ Park("rate_limited") until its turn should come
                  ──yes──▶ Go(model)
@@ -31,10 +33,11 @@ import structlog
 
 from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.breaker import BreakerStage
+from llmq.tasks.gate.budget import BudgetStage
 from llmq.tasks.gate.cache import CacheStage, request_params
 from llmq.tasks.gate.limits import LimitsStage, line_grace_s
 from llmq.tasks.gate.route import RouteStage, model_chain, primary_model
-from llmq.tasks.gate.stages import CallEnd, Decision, Go, Hit, JobStage, ModelStage, Park, Ticket
+from llmq.tasks.gate.stages import CallEnd, Decision, Go, Hit, JobStage, ModelStage, Park, Refuse, Ticket
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime
@@ -45,6 +48,7 @@ __all__ = [
     "Go",
     "Hit",
     "Park",
+    "Refuse",
     "after_call",
     "gate",
     "line_grace_s",
@@ -56,7 +60,7 @@ __all__ = [
 logger = structlog.get_logger(__name__)
 
 JOB_STAGES: tuple[JobStage, ...] = (RouteStage(), CacheStage())
-MODEL_STAGES: tuple[ModelStage, ...] = (BreakerStage(), LimitsStage())
+MODEL_STAGES: tuple[ModelStage, ...] = (BreakerStage(), BudgetStage(), LimitsStage())
 
 
 def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
@@ -90,11 +94,14 @@ def _admit_a_model(rt: WorkerRuntime, ticket: Ticket) -> Decision:
                 slot_holder=ticket.slot_holder,
                 probe=ticket.probe,
                 cache_key=ticket.cache_key,
+                budget=ticket.budget,
             )
         for stage in reversed(admitted):
             stage.undo(rt, ticket, model)
+        if refusal.error is not None:
+            return Refuse(error_type=refusal.reason, message=refusal.error)
         if not refusal.try_next_model:
-            return Park(delay_s=refusal.wait_s, reason=refusal.reason)
+            return Park(delay_s=refusal.wait_s, reason=refusal.reason, until=refusal.until)
         waits.append(refusal.wait_s)
         ticket.passed_over.append(model)
     return Park(delay_s=max(0.1, min(waits)), reason="circuit_open")

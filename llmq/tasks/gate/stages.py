@@ -7,17 +7,21 @@ model of the chain is tried: an open breaker) or for the job (it waits: no capac
 model stage refuses, the earlier ones that admitted the model ``undo`` what they took; when the
 call ends, every model stage gives back what it took (``release``), in reverse order.
 
-A new stage (a tenant's budget, say) is one module with these methods, listed in
-``llmq/tasks/gate/__init__.py``.
+A model stage may also refuse a job for good (:class:`Refusal` with an ``error``: the budget has
+no room for the call): the job fails without a call (:class:`Refuse`).
+
+A new stage is one module with these methods, listed in ``llmq/tasks/gate/__init__.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from llmq.models.records import ClaimedJob
+from llmq.workers.budgets import BudgetHold
 from llmq.workers.cache import CachedAnswer
 
 if TYPE_CHECKING:
@@ -37,6 +41,7 @@ class Ticket:
     probe: bool = False  # this call is the breaker's probe
     reservation: str | None = None  # the limiter's request and tokens
     slot_holder: str | None = None  # the limiter's concurrency slot
+    budget: BudgetHold | None = None  # the budget stage's reservation
 
     @property
     def candidates(self) -> list[str]:
@@ -51,12 +56,22 @@ class Go:
     slot_holder: str | None
     probe: bool
     cache_key: str | None
+    budget: BudgetHold | None = None
 
 
 @dataclass(frozen=True)
 class Park:
     delay_s: float
-    reason: str  # rate_limited | circuit_open
+    reason: str  # rate_limited | circuit_open | budget
+    until: datetime | None = None  # when the wait ends, when known exactly (else now + delay_s)
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The job fails without a call (``error_type``: ``budget_exceeded``)."""
+
+    error_type: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class Hit:
     answer: CachedAnswer
 
 
-Decision = Go | Park | Hit
+Decision = Go | Park | Hit | Refuse
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class Refusal:
     wait_s: float
     reason: str
     try_next_model: bool  # True: only this model is refused; False: the job waits
+    until: datetime | None = None  # the wait's exact end, when known
+    error: str | None = None  # set: the job fails now, ``reason`` its error type, this its message
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The Lua scripts llmq runs in Redis, kept as ``.lua`` files in this folder (dramatiq's way).
 
 A script is read once, when the module that runs it is imported (``workers/ratelimit.py``,
-``workers/breaker.py``), and registered with ``redis.Redis.register_script`` by the object that
-uses it (``RateLimiter``, ``CircuitBreakers``). Scripts that share a prologue (the Redis clock, the
+``workers/breaker.py``, ``workers/budgets.py``), and registered with
+``redis.Redis.register_script`` by the object that uses it (``RateLimiter``, ``CircuitBreakers``,
+``BudgetLedger``). Scripts that share a prologue (the Redis clock, the
 eviction of a window) are composed here, in Python: :func:`load_lua` joins the files it is given
 in order, the prologue first, so each prologue is written once::
 
@@ -10,6 +11,7 @@ in order, the prologue first, so each prologue is written once::
     ratelimit_slots_prologue  + ratelimit_renew_slots | _release_slot
                                 ratelimit_leave_line (no prologue)
     breaker_prologue          + breaker_check | _record | _snapshot
+    budget_prologue           + budget_reserve | _settle | _seed | _balance
 
 Each file names its ``KEYS`` and ``ARGV``. The files are package data (``setup.cfg``), so an
 installed llmq has them.
