@@ -89,6 +89,21 @@ def keys_create(tenant: str, as_json: bool, as_export: bool) -> None:
         click.echo("The API key is shown only now; store it somewhere safe.", err=True)
 
 
+@main.command()
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option("--from", "start", default=None, help="First UTC day, YYYY-MM-DD (default: the 1st).")
+@click.option("--to", "end", default=None, help="Last UTC day, included (default: today).")
+@click.option(
+    "--group-by", default="day,model", show_default=True, help="day, model, user, key, metadata.<k>"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON of GET /v1/usage.")
+def usage(tenant: str, start: str | None, end: str | None, group_by: str, as_json: bool) -> None:
+    """Calls, failures, tokens and cost of TENANT per group, from the usage rollup."""
+    from llmq.api.usage_view import usage_for_cli
+
+    click.echo(usage_for_cli(get_settings(), tenant, start, end, group_by, as_json))
+
+
 # --- submitting from the terminal -----------------------------------------------------------------
 
 

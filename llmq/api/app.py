@@ -9,7 +9,7 @@ import redis
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import jobs, ops, providers
+from llmq.api import jobs, ops, providers, usage
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
@@ -17,6 +17,7 @@ from llmq.config.providers_file import load_providers_file
 from llmq.config.settings import Settings, get_settings
 from llmq.logs import configure_logging, init_sentry
 from llmq.models.db import Database
+from llmq.models.rollup import use_metadata_keys
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import fleet_limiter
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     providers_config = load_providers_file(settings.providers_file)
     redis_client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     app.extensions["llmq.providers"] = providers_config
+    use_metadata_keys(providers_config.usage.metadata_keys)
     app.extensions["llmq.redis"] = redis_client
     app.extensions["llmq.breakers"] = CircuitBreakers(redis_client, providers_config)
     app.extensions["llmq.limiter"] = fleet_limiter(redis_client, providers_config)
@@ -57,4 +59,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
+    app.register_blueprint(usage.bp)
     return app

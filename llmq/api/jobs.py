@@ -172,6 +172,11 @@ def attempts(job_id: str) -> Response:
                 "http_status": a.http_status,
                 "latency_ms": a.latency_ms,
                 "retry_after_s": a.retry_after_s,
+                "prompt_tokens": a.prompt_tokens,
+                "completion_tokens": a.completion_tokens,
+                "cached_tokens": a.cached_tokens,
+                "cache_write_tokens": a.cache_write_tokens,
+                "cost_usd": float(a.cost_usd) if a.cost_usd is not None else None,  # what it was billed
             }
             for a in attempts_of(session, job_id)
         ]

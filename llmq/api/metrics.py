@@ -3,6 +3,8 @@
 Request counts and latencies are measured in the API process (multi-process aware under
 gunicorn when ``PROMETHEUS_MULTIPROC_DIR`` is set). Job and attempt counts are read from the
 database at scrape time: the database is the source of truth and sees every worker on every host.
+The usage counters by tenant and model (``llmq_usage_*_total``) are the rows of ``usage_totals``,
+kept by the workers with every ended attempt: one small query, never a scan of the jobs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from prometheus_client.registry import Collector
 
 from llmq.models.db import Database
 from llmq.models.stats import attempts_by_outcome, deliveries_by_success, jobs_by_status
+from llmq.models.usage import usage_totals
+
+_TOKEN_TYPES = {
+    "prompt_tokens": "input",
+    "completion_tokens": "output",
+    "cached_tokens": "cached",
+    "cache_write_tokens": "cache_write",
+}
 
 REQUESTS = Counter(
     "llmq_http_requests_total", "HTTP requests by endpoint and status", ["method", "endpoint", "status"]
@@ -45,6 +55,19 @@ class DatabaseCollector(Collector):
         deliveries = CounterMetricFamily(
             "llmq_webhook_deliveries", "Webhook delivery attempts by result", labels=["success"]
         )
+        labels = ["tenant", "model"]
+        calls = CounterMetricFamily("llmq_usage_calls", "Provider calls by tenant and model", labels=labels)
+        failures = CounterMetricFamily(
+            "llmq_usage_failures", "Failed provider calls by tenant and model", labels=labels
+        )
+        tokens = CounterMetricFamily(
+            "llmq_usage_tokens",
+            "Tokens billed by tenant, model and type (input counts cached and cache_write too)",
+            labels=[*labels, "type"],
+        )
+        cost = CounterMetricFamily(
+            "llmq_usage_cost_usd", "US dollars billed by tenant and model", labels=labels
+        )
         with self.db.session() as session:
             for status, count in jobs_by_status(session):
                 jobs.add_metric([status], count)
@@ -52,9 +75,16 @@ class DatabaseCollector(Collector):
                 attempts.add_metric([provider, outcome], count)
             for success, count in deliveries_by_success(session):
                 deliveries.add_metric([str(bool(success)).lower()], count)
+            for tenant, model, counters in usage_totals(session):
+                calls.add_metric([tenant, model], counters["calls"])
+                failures.add_metric([tenant, model], counters["failures"])
+                for column, kind in _TOKEN_TYPES.items():
+                    tokens.add_metric([tenant, model, kind], counters[column])
+                cost.add_metric([tenant, model], float(counters["cost_usd"]))
         yield jobs
         yield attempts
         yield deliveries
+        yield from (calls, failures, tokens, cost)
 
 
 def init_metrics(app: Flask, db: Database) -> None:

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from llmq import __version__
 from llmq.api.schemas import ErrorOut, Health, JobCreate, JobList, JobOut, Readiness
+from llmq.api.usage_schemas import USAGE_PARAMETERS, UsageOut
 
 REF = "#/components/schemas/{model}"
 
@@ -28,7 +29,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 def build_openapi() -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "validation") for m in (JobCreate,)]
-        + [(m, "serialization") for m in (JobOut, JobList, ErrorOut, Health, Readiness)],
+        + [(m, "serialization") for m in (JobOut, JobList, ErrorOut, Health, Readiness, UsageOut)],
         ref_template=REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -119,6 +120,17 @@ def build_openapi() -> dict[str, Any]:
                     "security": secured,
                     "parameters": [job_id],
                     "responses": {"200": _json(JobOut, "the cancelled job"), **_errors(401, 404, 409)},
+                }
+            },
+            "/v1/usage": {
+                "get": {
+                    "summary": "Calls, failures, tokens and cost per group, from the usage rollup",
+                    "security": secured,
+                    "parameters": USAGE_PARAMETERS,
+                    "responses": {
+                        "200": _json(UsageOut, "usage per group, and the total"),
+                        **_errors(401, 422),
+                    },
                 }
             },
             "/v1/providers": {

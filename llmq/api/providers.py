@@ -43,6 +43,7 @@ def providers() -> Response:
         calls[model].append((outcome, latency))
     breakers: CircuitBreakers = current_app.extensions["llmq.breakers"]
     limiter: RateLimiter = current_app.extensions["llmq.limiter"]
+    prices = config.model_prices()
     data: list[dict[str, Any]] = []
     for model in sorted(set(config.models) | set(calls)):
         seen = [c for c in calls.get(model, []) if c[0] not in {"cached", "discarded", "interrupted"}]
@@ -55,6 +56,8 @@ def providers() -> Response:
             "error_rate": round(failures / len(seen), 4) if seen else None,
             "latency_ms_p50": _percentile(latencies, 0.50),
             "latency_ms_p95": _percentile(latencies, 0.95),
+            # USD per million tokens of each kind, and the date the prices were taken.
+            "price": price.public() if (price := prices.get(model)) is not None else None,
         }
         try:
             entry["breaker"] = breakers.snapshot(model)
@@ -62,4 +65,8 @@ def providers() -> Response:
         except redis.RedisError as exc:
             entry["breaker"] = entry["limits"] = {"error": f"unavailable: {type(exc).__name__}"}
         data.append(entry)
-    return jsonify({"object": "list", "data": data})
+    return jsonify({"object": "list", "prices_taken_on": _iso(config.prices.taken_on), "data": data})
+
+
+def _iso(day: Any) -> str | None:
+    return day.isoformat() if day is not None else None

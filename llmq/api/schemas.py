@@ -94,9 +94,11 @@ class Result(BaseModel):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
+    prompt_tokens: int  # every input token, the cached and cache-written ones included
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
 
 
 class JobError(BaseModel):
@@ -119,7 +121,7 @@ class JobOut(BaseModel):
     progress: float
     result: Result | None
     usage: Usage | None
-    cost_usd: float | None
+    cost_usd: float | None  # the sum over the job's attempts the provider billed
     error: JobError | None
     metadata: dict[str, str]
     webhook_url: str | None

@@ -17,6 +17,8 @@ Shape::
     ├── models: {"<provider>/<model>": ModelConfig}
     │                                  ├── input_usd_per_mtok   ┐ both or neither
     │                                  ├── output_usd_per_mtok  ┘ → .price: ModelPrice | None
+    │                                  ├── cached_input_usd_per_mtok, cache_write_usd_per_mtok,
+    │                                  │   prices_taken_on           (``config/prices.py``)
     │                                  ├── rpm, tpm, concurrency        (None: no limit)
     │                                  ├── context_window               (None: unknown)
     │                                  ├── fallbacks: ["<provider>/<model>", …]
@@ -31,7 +33,8 @@ Shape::
     ├── tiers: {"<name>": TierConfig}   rpm, tpm, concurrency, weight   (``config/tiers.py``)
     ├── tenants: TenantsConfig   default_tier
     ├── budgets: BudgetsConfig   thresholds
-    └── usage: UsageConfig       metadata_keys
+    ├── usage: UsageConfig       metadata_keys
+    └── prices: PricesConfig     taken_on
 
 Checks that span tables (a model listed as its own fallback, a fallback listed twice) run after
 the per-key validation, and name the line of the offending key too.
@@ -39,6 +42,7 @@ the per-key validation, and name the line of the offending key too.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from collections.abc import Sequence
@@ -59,6 +63,7 @@ from pydantic import (
 )
 
 from llmq.config.model_ids import is_model_id
+from llmq.config.prices import ModelPrice, PricesConfig, UsdPerMtok
 from llmq.config.tiers import (
     BUILTIN_TIERS,
     BudgetsConfig,
@@ -84,9 +89,6 @@ __all__ = [
     "RoutingConfig",
     "load_providers_file",
 ]
-
-
-UsdPerMtok = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
 def _number(value: object) -> object:
@@ -115,13 +117,6 @@ def _check_model_ref(name: str) -> str:
 
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
 ModelRef = Annotated[str, Field(strict=True), AfterValidator(_check_model_ref)]
-
-
-class ModelPrice(BaseModel, extra="forbid", frozen=True):
-    """List price of one model, in US dollars per million tokens."""
-
-    input_usd_per_mtok: UsdPerMtok
-    output_usd_per_mtok: UsdPerMtok
 
 
 # --- circuit breakers, limits, cache, routing ---------------------------------------------------
@@ -212,6 +207,9 @@ class ModelConfig(BaseModel, extra="forbid"):
 
     input_usd_per_mtok: UsdPerMtok | None = None
     output_usd_per_mtok: UsdPerMtok | None = None
+    cached_input_usd_per_mtok: UsdPerMtok | None = None  # None: the input price
+    cache_write_usd_per_mtok: UsdPerMtok | None = None  # None: the input price
+    prices_taken_on: dt.date | None = None  # None: [prices] taken_on
     rpm: Count | None = None
     tpm: Count | None = None
     concurrency: Count | None = None
@@ -243,6 +241,9 @@ class ModelConfig(BaseModel, extra="forbid"):
         return ModelPrice(
             input_usd_per_mtok=self.input_usd_per_mtok,
             output_usd_per_mtok=self.output_usd_per_mtok,
+            cached_input_usd_per_mtok=self.cached_input_usd_per_mtok,
+            cache_write_usd_per_mtok=self.cache_write_usd_per_mtok,
+            taken_on=self.prices_taken_on,
         )
 
 
@@ -261,6 +262,7 @@ class ProvidersConfig(BaseModel, extra="forbid"):
     tenants: TenantsConfig = Field(default_factory=TenantsConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> ProvidersConfig:
@@ -278,8 +280,16 @@ class ProvidersConfig(BaseModel, extra="forbid"):
     def tier(self, name: str) -> TierConfig | None:
         return self.tiers.get(name) or BUILTIN_TIERS.get(name)
 
-    def prices(self) -> dict[str, ModelPrice]:
-        return {name: cfg.price for name, cfg in self.models.items() if cfg.price is not None}
+    def model_prices(self) -> dict[str, ModelPrice]:
+        """Model → price, a model's ``prices_taken_on`` defaulting to ``[prices] taken_on``."""
+        prices: dict[str, ModelPrice] = {}
+        for name, cfg in self.models.items():
+            price = cfg.price
+            if price is not None:
+                if price.taken_on is None and self.prices.taken_on is not None:
+                    price = price.model_copy(update={"taken_on": self.prices.taken_on})
+                prices[name] = price
+        return prices
 
     def model(self, name: str) -> ModelConfig | None:
         """The table of ``name``, or None for a model the file does not list."""
@@ -428,6 +438,7 @@ _TABLES: dict[tuple[str, ...], type[BaseModel]] = {
     ("tenants",): TenantsConfig,
     ("budgets",): BudgetsConfig,
     ("usage",): UsageConfig,
+    ("prices",): PricesConfig,
 }
 
 

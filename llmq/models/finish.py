@@ -35,6 +35,7 @@ from llmq.models.records import (
     SendNow,
     TransitionResult,
 )
+from llmq.models.rollup import add_usage, batch_rollup_sql, dims_of, usage_of_failure, usage_of_result
 from llmq.models.state import AttemptOutcome, JobStatus, WebhookEventStatus
 from llmq.models.statements import (
     ATTEMPTS,
@@ -60,10 +61,19 @@ def _end_attempt(keys: tuple[str, ...]) -> Any:
     return update_attempt(keys).where(ATTEMPTS.c.ended_at.is_(None))
 
 
-def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> None:
+def _finish_attempt(session: Session, claim: ClaimedJob, now: datetime, **values: Any) -> bool:
+    """End the attempt; True if this write ended it (the usage rollup counts it then, once)."""
     values["ended_at"] = now
     params = {"w_job_id": claim.job_id, "w_number": claim.attempt_number}
-    session.execute(_end_attempt(tuple(values)), params | {f"v_{k}": v for k, v in values.items()})
+    result = session.execute(_end_attempt(tuple(values)), params | {f"v_{k}": v for k, v in values.items()})
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _plus(spent: Decimal | None, cost: Decimal | None) -> Decimal | None:
+    """A job's cost after one more attempt: the sum of the priced ones, None while none was."""
+    if cost is None:
+        return spent
+    return cost if spent is None else spent + cost
 
 
 def _held_params(claim: ClaimedJob, values: dict[str, Any]) -> dict[str, Any]:
@@ -85,15 +95,17 @@ _COMPLETED: dict[str, Any] = {
 _SET_TO_NOW = ("completed_at", "updated_at")
 
 
-# ...and the call's result.
-def _result_values(result: CallResult) -> dict[str, Any]:
+# ...and the call's result (the job's cost: what its earlier attempts cost, plus this call).
+def _result_values(result: CallResult, spent_usd: Decimal | None = None) -> dict[str, Any]:
     return {
         "result_text": result.text,
         "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
-        "cost_usd": result.cost_usd,
+        "cached_tokens": result.cached_tokens,
+        "cache_write_tokens": result.cache_write_tokens,
+        "cost_usd": _plus(spent_usd, result.cost_usd),
         "served_by": result.served_by,
         "cached": result.cached,
         "degraded": result.degraded,
@@ -108,11 +120,12 @@ def complete_job(
     *,
     send_now: SendNow | None = None,
 ) -> TransitionResult:
-    """``processing → completed`` if this worker still holds the job; else the result is discarded."""
-    values = {**_COMPLETED, **_result_values(result), **dict.fromkeys(_SET_TO_NOW, now)}
+    """``processing → completed`` if this worker still holds the job; else the result is discarded
+    (the attempt still records, and the rollup counts, what the provider billed for it)."""
+    values = {**_COMPLETED, **_result_values(result, claim.spent_usd), **dict.fromkeys(_SET_TO_NOW, now)}
     job = session.execute(update_held_job(tuple(values), True), _held_params(claim, values)).first()
     applied = job is not None
-    _finish_attempt(
+    ended_here = _finish_attempt(
         session,
         claim,
         now,
@@ -121,7 +134,12 @@ def complete_job(
         latency_ms=result.latency_ms,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        cached_tokens=result.cached_tokens,
+        cache_write_tokens=result.cache_write_tokens,
+        cost_usd=result.cost_usd,
     )
+    if ended_here:
+        add_usage(session, [usage_of_result(claim, result, now)])
     if job is None:
         return TransitionResult(job=None, applied=False)
     return ended(session, claim.job_id, JobStatus.COMPLETED, now, job, send_now=send_now)
@@ -137,6 +155,8 @@ _BATCH_INPUTS = {
     "finish_reason": "text",
     "prompt_tokens": "integer",
     "completion_tokens": "integer",
+    "cached_tokens": "integer",
+    "cache_write_tokens": "integer",
     "cost_usd": "numeric",
     "served_by": "text",
     "cached": "boolean",
@@ -144,6 +164,11 @@ _BATCH_INPUTS = {
     "outcome": "text",
     "http_status": "integer",
     "latency_ms": "integer",
+    "attempt_cost_usd": "numeric",
+    "attempt_model": "text",
+    "end_user": "text",
+    "api_key_id": "text",
+    "dims": "text",
     "tenant_id": "text",
     "event_id": "text",
     "url": "text",
@@ -169,7 +194,8 @@ def _sql_literal(value: Any) -> str:
 def _complete_from_arrays() -> TextClause:
     """One statement completes a whole batch: the jobs still held move to ``completed``; every
     attempt of the batch is closed, as ``discarded`` when its job was not held any more
-    (cancelled, or its lease taken over); the completed jobs' webhook events are written.
+    (cancelled, or its lease taken over); the completed jobs' webhook events are written; the
+    attempts it closed are added to the usage rollup and totals (``rollup.batch_rollup_sql``).
 
     The inputs and the job's new values are derived from ``_BATCH_INPUTS`` and from what
     :func:`complete_job` writes (``_COMPLETED``, ``_result_values``, ``_SET_TO_NOW``), so the
@@ -196,11 +222,14 @@ def _complete_from_arrays() -> TextClause:
             outcome = CASE WHEN done.id IS NULL THEN '{AttemptOutcome.DISCARDED.value}'
                            ELSE input.outcome END,
             ended_at = :now, http_status = input.http_status, latency_ms = input.latency_ms,
-            prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens
+            prompt_tokens = input.prompt_tokens, completion_tokens = input.completion_tokens,
+            cached_tokens = input.cached_tokens, cache_write_tokens = input.cache_write_tokens,
+            cost_usd = input.attempt_cost_usd
         FROM input LEFT JOIN done ON done.id = input.id
         WHERE attempts.job_id = input.id AND attempts.number = input.number
             AND attempts.ended_at IS NULL
-    ), announced AS (
+        RETURNING attempts.job_id, attempts.number
+    ), {batch_rollup_sql("input", "closed")}, announced AS (
         INSERT INTO {EVENTS.name} (id, job_id, tenant_id, type, url, payload, status, attempts,
                                    next_attempt_at, created_at, updated_at)
         SELECT input.event_id, input.id, input.tenant_id, '{EVENT_TYPES[JobStatus.COMPLETED]}',
@@ -232,11 +261,11 @@ def completed_view(claim: ClaimedJob, result: CallResult, now: datetime) -> Simp
     Built from the same pieces as the completion's writes, with no field restated here."""
     view: dict[str, Any] = dict(_UNSET_COMPLETED_JOB)
     view.update(zip(_CLAIM_ATTRIBUTES, _READ_CLAIM(claim), strict=True))
-    view.update(_result_values(result))
+    view.update(_result_values(result, claim.spent_usd))
     view.update(dict.fromkeys(_SET_TO_NOW, now))
     view["id"] = claim.job_id
-    if result.cost_usd is not None:  # as the numeric(18, 8) column will hold it
-        view["cost_usd"] = result.cost_usd.quantize(_COST_STEP, rounding=ROUND_HALF_UP)
+    if view["cost_usd"] is not None:  # as the numeric(18, 8) column will hold it
+        view["cost_usd"] = view["cost_usd"].quantize(_COST_STEP, rounding=ROUND_HALF_UP)
     return SimpleNamespace(**view)
 
 
@@ -263,6 +292,11 @@ def complete_jobs(
             "outcome": _success_outcome(c.result).value,
             "http_status": c.result.http_status,
             "latency_ms": c.result.latency_ms,
+            "attempt_cost_usd": c.result.cost_usd,
+            "attempt_model": c.claim.model,
+            "end_user": c.claim.user or "",
+            "api_key_id": c.claim.api_key_id or "",
+            "dims": dims_of(c.claim.metadata),
             "tenant_id": c.claim.tenant_id,
             "event_id": event["id"] if event else None,
             "url": event["url"] if event else None,
@@ -279,6 +313,7 @@ def complete_jobs(
                 "now": now,
                 "event_attempts": first_attempt[0],
                 "event_due": first_attempt[1],
+                "day": now.date(),
             },
         )
     )
@@ -315,9 +350,13 @@ def fail_attempt(
     send_now: SendNow | None = None,
 ) -> TransitionResult:
     """Record a failed call; put the job back to ``queued`` for ``retry_at`` (on ``next_model``
-    when a fallback is taken), or fail it."""
+    when a fallback is taken), or fail it. A call the provider billed adds its cost to the job's
+    and records its usage on the attempt."""
     outcome = AttemptOutcome.RETRYABLE_ERROR if failure.retryable else AttemptOutcome.PERMANENT_ERROR
-    common = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
+    common: dict[str, Any] = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
+    billed = failure.billed
+    if billed is not None and billed.cost_usd is not None:
+        common["cost_usd"] = _plus(claim.spent_usd, billed.cost_usd)
     if retry_at is not None:
         values: dict[str, Any] = {
             "status": JobStatus.QUEUED.value,
@@ -334,7 +373,7 @@ def fail_attempt(
         if next_model is not None:
             values.update(current_model=next_model, model_attempts=0)
     else:
-        values = final_values(JobStatus.FAILED, failure.error_type, failure.message, now)
+        values = {**final_values(JobStatus.FAILED, failure.error_type, failure.message, now), **common}
     applied = compare_and_set(
         session,
         update(JOBS)
@@ -342,7 +381,16 @@ def fail_attempt(
         .values(**values)
         .execution_options(synchronize_session=False),
     )
-    _finish_attempt(
+    usage: dict[str, Any] = {}
+    if billed is not None:
+        usage = {
+            "prompt_tokens": billed.prompt_tokens,
+            "completion_tokens": billed.completion_tokens,
+            "cached_tokens": billed.cached_tokens,
+            "cache_write_tokens": billed.cache_write_tokens,
+            "cost_usd": billed.cost_usd,
+        }
+    ended_here = _finish_attempt(
         session,
         claim,
         now,
@@ -352,7 +400,10 @@ def fail_attempt(
         http_status=failure.http_status,
         retry_after_s=failure.retry_after_s,
         latency_ms=failure.latency_ms,
+        **usage,
     )
+    if ended_here:
+        add_usage(session, [usage_of_failure(claim, failure, now)])
     if not applied:
         return TransitionResult(job=None, applied=False)
     if retry_at is not None:

@@ -126,13 +126,16 @@ class ClaimedJob:
     metadata: dict[str, str] | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
+    # What the job's earlier attempts cost (its cost_usd when claimed): a job costs the sum of
+    # its billed attempts, and nothing else writes the job while this worker holds its lease.
+    spent_usd: Decimal | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
 
 
 # The fields of a ClaimedJob the claim itself gives, not the claimed row.
 _GIVEN_BY_CLAIM = {"job_id", "lease_token", "model", "worker", "attempt_opened"}
 # The fields named otherwise than their column (a field named as a column is that column).
-_CLAIMED_RENAMES = {"attempt_number": "attempts", "requested_model": "model"}
+_CLAIMED_RENAMES = {"attempt_number": "attempts", "requested_model": "model", "spent_usd": "cost_usd"}
 # Every other field of ClaimedJob → the jobs column it is read from. The claim returns these
 # columns labelled with the field names, so its row builds a ClaimedJob as it is; and the
 # completion maps them back (through ATTRIBUTE_OF) to state the job without reading it.
@@ -174,14 +177,27 @@ class TransitionResult:
 class CallResult:
     text: str
     finish_reason: str
-    prompt_tokens: int
+    prompt_tokens: int  # every input token, cached and cache-written ones included
     completion_tokens: int
     served_by: str | None
-    cost_usd: Decimal | None
+    cost_usd: Decimal | None  # this call's, as priced from the provider's usage
     latency_ms: int
-    cached: bool = False
+    cached: bool = False  # answered from llmq's response cache (no provider call)
     degraded: bool = False
     http_status: int | None = 200
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it
+
+
+@dataclass(frozen=True)
+class Billed:
+    """What the provider billed for a call that failed (see ``workers/providers/usage.py``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,7 @@ class CallFailure:
     retry_after_s: float | None
     latency_ms: int
     retryable: bool
+    billed: Billed | None = None  # None: the provider billed nothing, as far as llmq can tell
 
 
 @dataclass(frozen=True)

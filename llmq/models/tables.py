@@ -128,6 +128,11 @@ class Job(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Of prompt_tokens, the answering call's: read from / written to the provider's prompt cache.
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    # The sum over the job's attempts that the provider billed (a retried job costs what all its
+    # billed attempts cost); None while none had a price.
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -291,6 +296,8 @@ def job_public(job: Any) -> dict[str, Any]:
             "prompt_tokens": job.prompt_tokens or 0,
             "completion_tokens": job.completion_tokens or 0,
             "total_tokens": job.total_tokens or 0,
+            "cached_tokens": job.cached_tokens or 0,
+            "cache_write_tokens": job.cache_write_tokens or 0,
         }
     result = None
     if job.status == "completed":

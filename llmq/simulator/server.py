@@ -27,7 +27,7 @@ import random
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import structlog
@@ -36,6 +36,7 @@ from aiohttp import web
 from llmq.simulator import faults, text
 from llmq.simulator.faults import FaultScripts, ScriptError, SimStats, Step
 from llmq.simulator.text import InvalidRequest, ParsedRequest, dumps, new_id
+from llmq.simulator.usage import PromptCache
 
 logger = structlog.get_logger(__name__)
 
@@ -52,6 +53,8 @@ class SimulatorConfig:
     jitter_s: float = 0.0  # uniform ± jitter
     reply_words: int = 12  # words in a normal reply (capped by max_tokens)
     seed: int | None = None  # seeds the jitter
+    prompt_cache_min_tokens: int = 1024  # shorter prefixes are never cached (see usage.py)
+    prompt_cache_ttl_s: float = 300.0
 
 
 class _State:
@@ -60,6 +63,7 @@ class _State:
         self.rng = random.Random(config.seed)
         self.scripts = FaultScripts()
         self.stats = SimStats()
+        self.prompt_cache = PromptCache(config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
 
     def latency(self, step: Step | None, header: str | None) -> float:
         """Scripted step latency, else the ``x-sim-latency`` header, else config ± jitter."""
@@ -233,6 +237,11 @@ async def _answer(
             )
             headers["x-request-id" if api == _OPENAI else "request-id"] = request_id
             return _json(outcome, status, err_body, headers)
+    # The prompt is processed from here on (an answer or a stream, dropped or not): the
+    # provider's prompt cache is read or written.
+    cached, written = state.prompt_cache.use(api, parsed.model, parsed.cache_prefix)
+    if cached or written:
+        parsed = replace(parsed, cached_tokens=cached, cache_write_tokens=written)
     # A step's latency: an "ok" step's replaces the normal latency; a fault's was waited above.
     ok_step = step if step is not None and step.fault == "ok" else None
     latency = state.latency(ok_step, request.headers.get("x-sim-latency"))
@@ -308,6 +317,7 @@ async def _reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.scripts.clear()
     state.stats.reset()
+    state.prompt_cache.clear()
     return web.json_response({"ok": True})
 
 
@@ -444,8 +454,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--reply-words", type=int, default=SimulatorConfig.reply_words)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--prompt-cache-min-tokens",
+        type=int,
+        default=SimulatorConfig.prompt_cache_min_tokens,
+        help="prompt prefixes of fewer tokens are never served from the simulated prompt cache",
+    )
     args = parser.parse_args(argv)
     config = SimulatorConfig(
-        latency_s=args.latency, jitter_s=args.jitter, reply_words=args.reply_words, seed=args.seed
+        latency_s=args.latency,
+        jitter_s=args.jitter,
+        reply_words=args.reply_words,
+        seed=args.seed,
+        prompt_cache_min_tokens=args.prompt_cache_min_tokens,
     )
     run_simulator(args.host, args.port, config)

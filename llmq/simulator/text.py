@@ -11,7 +11,8 @@ Token accounting is deliberately simple and predictable, so that tests can asser
 
 - prompt tokens: ``ceil(len(text) / 4) + 3`` per message (the Anthropic top-level ``system``
   counts as one message, like an OpenAI ``system`` message);
-- completion tokens: one per reply word.
+- completion tokens: one per reply word;
+- prompt-cache tokens (cached reads, Anthropic cache writes): see :mod:`llmq.simulator.usage`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from llmq.simulator.usage import anthropic_usage, openai_usage
 
 OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 ANTHROPIC_ROLES = ("user", "assistant")
@@ -105,6 +108,9 @@ class ParsedRequest:
     max_tokens: int | None
     stream: bool
     include_usage: bool = False
+    cache_prefix: str = ""  # the part of the prompt the provider may cache (``usage.py``)
+    cached_tokens: int = 0  # of prompt_tokens, as the prompt cache decided
+    cache_write_tokens: int = 0
 
 
 def count_prompt_tokens(texts: Iterable[str]) -> int:
@@ -291,7 +297,13 @@ def parse_openai(body: dict[str, Any]) -> ParsedRequest:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     return ParsedRequest(
-        model, last_user or texts[-1], count_prompt_tokens(texts), max_tokens, bool(stream), include_usage
+        model,
+        last_user or texts[-1],
+        count_prompt_tokens(texts),
+        max_tokens,
+        bool(stream),
+        include_usage,
+        cache_prefix=texts[0],
     )
 
 
@@ -344,7 +356,14 @@ def parse_anthropic(body: dict[str, Any]) -> ParsedRequest:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("stream: Input should be a valid boolean")
-    return ParsedRequest(model, last_user or texts[-1], count_prompt_tokens(texts), max_tokens, bool(stream))
+    return ParsedRequest(
+        model,
+        last_user or texts[-1],
+        count_prompt_tokens(texts),
+        max_tokens,
+        bool(stream),
+        cache_prefix=texts[0] if system is not None else "",
+    )
 
 
 def _check_temperature(value: object, top: int, *, anthropic: bool) -> None:
@@ -406,27 +425,9 @@ def openai_completion(parsed: ParsedRequest, reply: str, n_words: int, cut: bool
                 "finish_reason": "length" if cut else "stop",
             }
         ],
-        "usage": _openai_usage(parsed, n_words),
+        "usage": openai_usage(parsed, n_words),
         "service_tier": "default",
         "system_fingerprint": "fp_llmq_sim",
-    }
-
-
-def _openai_usage(parsed: ParsedRequest, n_words: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": parsed.prompt_tokens,
-        "completion_tokens": n_words,
-        "total_tokens": parsed.prompt_tokens + n_words,
-    }
-
-
-def _anthropic_usage(parsed: ParsedRequest, n_words: int) -> dict[str, Any]:
-    return {
-        "input_tokens": parsed.prompt_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "output_tokens": n_words,
-        "service_tier": "standard",
     }
 
 
@@ -440,7 +441,7 @@ def anthropic_message(parsed: ParsedRequest, reply: str, n_words: int, cut: bool
         "content": [{"type": "text", "text": reply}],
         "stop_reason": "max_tokens" if cut else "end_turn",
         "stop_sequence": None,
-        "usage": _anthropic_usage(parsed, n_words),
+        "usage": anthropic_usage(parsed, n_words),
     }
 
 
@@ -467,7 +468,7 @@ def openai_stream(parsed: ParsedRequest, words: list[str], cut: bool) -> Frames:
     pieces = [frame({"content": piece}) for piece in as_deltas(words)]
     tail = [frame({}, "length" if cut else "stop")]
     if parsed.include_usage:
-        usage = {**base, "choices": [], "usage": _openai_usage(parsed, len(words))}
+        usage = {**base, "choices": [], "usage": openai_usage(parsed, len(words))}
         tail.append(f"data: {dumps(usage)}\n\n".encode())
     tail.append(b"data: [DONE]\n\n")
     return head, pieces, tail
@@ -489,7 +490,7 @@ def anthropic_stream(parsed: ParsedRequest, words: list[str], cut: bool) -> Fram
         event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}})
         for p in as_deltas(words)
     ]
-    usage = _anthropic_usage(parsed, len(words))
+    usage = anthropic_usage(parsed, len(words))
     del usage["service_tier"]
     tail = [
         event("content_block_stop", {"index": 0}),

@@ -12,9 +12,10 @@ from decimal import Decimal
 
 import structlog
 
-from llmq.models.records import CallFailure, CallResult, ClaimedJob
+from llmq.models.records import Billed, CallFailure, CallResult, ClaimedJob
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest, ProviderResponse
+from llmq.workers.providers.base import ProviderUsage
 from llmq.workers.providers.errors import ProviderServerError, ProviderTimeoutError
 from llmq.workers.providers.registry import UnknownProviderError
 
@@ -109,6 +110,7 @@ def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallO
             retry_after_s=getattr(exc, "retry_after_s", None),
             latency_ms=latency_ms,
             retryable=exc.retryable,
+            billed=None if exc.billed is None else _billed(rt, claim, exc.billed),
         )
         return CallOutcome(failure=failure, error=exc, latency_ms=latency_ms)
     except Exception as exc:  # a bug or an SDK surprise: record it, retry like a transient error
@@ -116,7 +118,6 @@ def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallO
         crash = ProviderServerError(f"internal error: {type(exc).__name__}")
         failure = CallFailure("internal_error", type(exc).__name__, None, None, latency_ms, True)
         return CallOutcome(failure=failure, error=crash, latency_ms=latency_ms)
-    cost = rt.prices.cost_usd(claim.model, response.prompt_tokens, response.completion_tokens)
     return CallOutcome(
         result=CallResult(
             text=response.text,
@@ -124,7 +125,31 @@ def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallO
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             served_by=claim.model,
-            cost_usd=None if cost is None else Decimal(str(cost)),
+            cost_usd=cost_of(rt, claim, response),
             latency_ms=latency_ms,
+            cached_tokens=response.cached_tokens,
+            cache_write_tokens=response.cache_write_tokens,
         )
+    )
+
+
+def cost_of(rt: WorkerRuntime, claim: ClaimedJob, usage: ProviderUsage | ProviderResponse) -> Decimal | None:
+    """The one place a call is priced: the provider's reported usage, each token kind at its
+    price (``workers/pricing.py``); None when the model has no price."""
+    return rt.prices.cost(
+        claim.model,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+    )
+
+
+def _billed(rt: WorkerRuntime, claim: ClaimedJob, usage: ProviderUsage) -> Billed:
+    return Billed(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost_usd=cost_of(rt, claim, usage),
     )

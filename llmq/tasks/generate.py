@@ -259,6 +259,10 @@ def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome, *, sent: bool = Tr
     if outcome.result is not None:
         tokens = outcome.result.prompt_tokens + outcome.result.completion_tokens
         cost = outcome.result.cost_usd
+    elif outcome.failure is not None and outcome.failure.billed is not None:  # a billed failure
+        billed = outcome.failure.billed
+        tokens = billed.prompt_tokens + billed.completion_tokens
+        cost = billed.cost_usd
     after_call(rt, go, CallEnd(sent=sent, transient_failure=transient, total_tokens=tokens, cost_usd=cost))
 
 

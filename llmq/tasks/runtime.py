@@ -30,6 +30,7 @@ from llmq.heap import keep_startup_heap_out_of_gc
 from llmq.models.db import Database
 from llmq.models.outbox import EventToSend
 from llmq.models.records import CallResult, ClaimedJob, SendNow
+from llmq.models.rollup import use_metadata_keys
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
@@ -63,6 +64,7 @@ class WorkerRuntime:
         self.db = Database.from_settings(settings)
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
+        use_metadata_keys(self.providers.usage.metadata_keys)  # what the usage rollup keeps
         self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
         self.limiter = fleet_limiter(self.redis, self.providers)
         self.breakers = CircuitBreakers(self.redis, self.providers)

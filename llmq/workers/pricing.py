@@ -1,4 +1,16 @@
-"""The price table built from the providers file: the cost in USD of a call, from its usage."""
+"""The price table built from the providers file: the cost in USD of a call, from its usage.
+
+Every token kind is billed at its own price. The prompt's tokens include the ones read from and
+written to the provider's prompt cache (llmq counts Anthropic's ``input_tokens`` +
+``cache_read_input_tokens`` + ``cache_creation_input_tokens`` as the prompt, like OpenAI's
+``prompt_tokens``, which include ``cached_tokens``), so::
+
+    cost = ((prompt - cached - cache_write) * input
+            + cached * cached_input + cache_write * cache_write
+            + completion * output) / 1,000,000
+
+to 8 decimals (a missing cache price is the input price: see ``config/prices.py``).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ class PriceTable:
 
     @classmethod
     def from_config(cls, config: ProvidersConfig) -> PriceTable:
-        return cls(config.prices())
+        return cls(config.model_prices())
 
     def __contains__(self, model: object) -> bool:
         return model in self._prices
@@ -33,19 +45,43 @@ class PriceTable:
     def price(self, model: str) -> ModelPrice | None:
         return self._prices.get(model)
 
-    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def cost(
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal | None:
         """US dollars for a call to ``model`` ("provider/model"), to 8 decimals; ``None`` when the
-        model has no price (the job still runs, its cost is unknown)."""
+        model has no price (the job still runs, its cost is unknown). ``cached_tokens`` and
+        ``cache_write_tokens`` are part of ``prompt_tokens``; a provider that reports more of them
+        than prompt tokens is believed on the cache counts (the uncached part is then 0)."""
         price = self._prices.get(model)
         if price is None:
             return None
-        if prompt_tokens < 0 or completion_tokens < 0:
+        if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
             raise ValueError("token counts must be non-negative")
+        uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
         cost = (
-            Decimal(prompt_tokens) * price.input_usd_per_mtok
+            Decimal(uncached) * price.input_usd_per_mtok
+            + Decimal(cached_tokens) * price.cached_input
+            + Decimal(cache_write_tokens) * price.cache_write
             + Decimal(completion_tokens) * price.output_usd_per_mtok
         ) / _PER_TOKENS
-        return float(cost.quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN))
+        return cost.quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+    def cost_usd(
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float | None:
+        """:meth:`cost` as a float."""
+        cost = self.cost(model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens)
+        return None if cost is None else float(cost)
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self._prices)} models)"

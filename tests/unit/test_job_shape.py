@@ -81,6 +81,8 @@ def completed_job() -> SimpleNamespace:
         prompt_tokens=3,
         completion_tokens=2,
         total_tokens=5,
+        cached_tokens=1,
+        cache_write_tokens=0,
         cost_usd=Decimal("0.00001234"),
         error_type="rate_limited",
         error_message="slow down",

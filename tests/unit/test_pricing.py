@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,21 +12,22 @@ from llmq.config.providers_file import ModelPrice, ProvidersFileError, load_prov
 from llmq.config.settings import DEFAULT_PROVIDERS_FILE
 from llmq.workers.pricing import PriceTable
 
+# input, output, cached input, cache write (None: not listed, the input price)
 PUBLISHED = {
-    "openai/gpt-4o-mini": ("0.15", "0.60"),
-    "openai/gpt-4o": ("2.50", "10.00"),
-    "openai/gpt-4.1": ("2.00", "8.00"),
-    "openai/gpt-4.1-mini": ("0.40", "1.60"),
-    "openai/gpt-4.1-nano": ("0.10", "0.40"),
-    "openai/o3-mini": ("1.10", "4.40"),
-    "openai/o4-mini": ("1.10", "4.40"),
-    "openai/gpt-3.5-turbo": ("0.50", "1.50"),
-    "anthropic/claude-3-5-haiku-latest": ("0.80", "4.00"),
-    "anthropic/claude-3-5-sonnet-latest": ("3.00", "15.00"),
-    "anthropic/claude-3-7-sonnet-latest": ("3.00", "15.00"),
-    "anthropic/claude-sonnet-4-0": ("3.00", "15.00"),
-    "anthropic/claude-opus-4-0": ("15.00", "75.00"),
-    "anthropic/claude-3-haiku-20240307": ("0.25", "1.25"),
+    "openai/gpt-4o-mini": ("0.15", "0.60", "0.075", None),
+    "openai/gpt-4o": ("2.50", "10.00", "1.25", None),
+    "openai/gpt-4.1": ("2.00", "8.00", "0.50", None),
+    "openai/gpt-4.1-mini": ("0.40", "1.60", "0.10", None),
+    "openai/gpt-4.1-nano": ("0.10", "0.40", "0.025", None),
+    "openai/o3-mini": ("1.10", "4.40", "0.55", None),
+    "openai/o4-mini": ("1.10", "4.40", "0.275", None),
+    "openai/gpt-3.5-turbo": ("0.50", "1.50", None, None),
+    "anthropic/claude-3-5-haiku-latest": ("0.80", "4.00", "0.08", "1.00"),
+    "anthropic/claude-3-5-sonnet-latest": ("3.00", "15.00", "0.30", "3.75"),
+    "anthropic/claude-3-7-sonnet-latest": ("3.00", "15.00", "0.30", "3.75"),
+    "anthropic/claude-sonnet-4-0": ("3.00", "15.00", "0.30", "3.75"),
+    "anthropic/claude-opus-4-0": ("15.00", "75.00", "1.50", "18.75"),
+    "anthropic/claude-3-haiku-20240307": ("0.25", "1.25", "0.03", "0.30"),
 }
 
 
@@ -42,9 +44,76 @@ def table() -> PriceTable:
 
 def test_default_file_lists_the_published_prices(table: PriceTable) -> None:
     assert set(table.models()) == set(PUBLISHED)
-    for model, (inp, out) in PUBLISHED.items():
+    for model, (inp, out, cached, write) in PUBLISHED.items():
         assert table.price(model) == ModelPrice(
-            input_usd_per_mtok=Decimal(inp), output_usd_per_mtok=Decimal(out)
+            input_usd_per_mtok=Decimal(inp),
+            output_usd_per_mtok=Decimal(out),
+            cached_input_usd_per_mtok=None if cached is None else Decimal(cached),
+            cache_write_usd_per_mtok=None if write is None else Decimal(write),
+            taken_on=date(2025, 6, 1),  # [prices] taken_on
+        )
+
+
+def test_cached_input_is_billed_at_the_cached_price(table: PriceTable) -> None:
+    # gpt-4o-mini: 976 uncached at 0.15, 1024 cached at 0.075, 100 out at 0.60
+    assert table.cost("openai/gpt-4o-mini", 2000, 100, cached_tokens=1024) == Decimal("0.00028320")
+    # claude-sonnet-4: 10 uncached at 3, 2000 read at 0.30, 1000 written at 3.75, 5 out at 15
+    cost = table.cost("anthropic/claude-sonnet-4-0", 3010, 5, cached_tokens=2000, cache_write_tokens=1000)
+    assert cost == Decimal("0.004455")  # (30 + 600 + 3750 + 75) / 1e6
+
+
+def test_a_missing_cache_price_is_the_input_price(table: PriceTable) -> None:
+    # gpt-3.5-turbo lists no cached price: cached tokens cost what input tokens cost
+    assert table.cost("openai/gpt-3.5-turbo", 1000, 0, cached_tokens=600) == table.cost(
+        "openai/gpt-3.5-turbo", 1000, 0
+    )
+    # OpenAI models list no cache-write price (OpenAI bills none; a write would cost the input price)
+    assert table.cost("openai/gpt-4o", 1000, 0, cache_write_tokens=1000) == Decimal("0.0025")
+
+
+def test_cache_counts_above_the_prompt_leave_no_negative_uncached_part(table: PriceTable) -> None:
+    assert table.cost("openai/gpt-4o-mini", 10, 0, cached_tokens=20) == Decimal("0.0000015")
+
+
+def test_prices_taken_on_per_model_overrides_the_file_date(tmp_path: Path) -> None:
+    config = load_providers_file(
+        write(
+            tmp_path,
+            """
+[prices]
+taken_on = 2026-01-15
+
+[models."x/a"]
+input_usd_per_mtok = 1
+output_usd_per_mtok = 2
+
+[models."x/b"]
+input_usd_per_mtok = 1
+output_usd_per_mtok = 2
+cached_input_usd_per_mtok = 0.1
+prices_taken_on = 2026-02-01
+""",
+        )
+    )
+    table = PriceTable.from_config(config)
+    a, b = table.price("x/a"), table.price("x/b")
+    assert a is not None and a.taken_on == date(2026, 1, 15) and a.cached_input == Decimal(1)
+    assert b is not None and b.taken_on == date(2026, 2, 1) and b.cached_input == Decimal("0.1")
+    assert b.public()["cached_input_usd_per_mtok"] == 0.1 and b.public()["taken_on"] == "2026-02-01"
+
+
+def test_a_cache_price_key_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ProvidersFileError, match="cached_input_usd_per_mtok"):
+        load_providers_file(
+            write(
+                tmp_path,
+                """
+[models."x/a"]
+input_usd_per_mtok = 1
+output_usd_per_mtok = 2
+cached_input_usd_per_mtok = -1
+""",
+            )
         )
 
 

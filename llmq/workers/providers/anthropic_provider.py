@@ -31,6 +31,7 @@ from llmq.workers.providers.base import (
     ProviderRequest,
     ProviderResponse,
     SdkProvider,
+    StreamMeter,
     aiohttp_http_client,
     sse_data,
 )
@@ -128,7 +129,7 @@ class AnthropicProvider(SdkProvider):
         }
 
     async def _complete(
-        self, request: ProviderRequest, on_progress: ProgressCallback | None
+        self, request: ProviderRequest, on_progress: ProgressCallback | None, meter: StreamMeter
     ) -> ProviderResponse:
         params = self._params(request)
         if on_progress is None:
@@ -146,12 +147,16 @@ class AnthropicProvider(SdkProvider):
                 **params, stream=True
             ) as response:
                 streaming = True
-                return await self._consume(response.http_response.aiter_bytes(), on_progress, request)
+                return await self._consume(response.http_response.aiter_bytes(), on_progress, request, meter)
         except (anthropic.AnthropicError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
 
     async def _consume(
-        self, chunks: AsyncIterator[bytes], on_progress: ProgressCallback, request: ProviderRequest
+        self,
+        chunks: AsyncIterator[bytes],
+        on_progress: ProgressCallback,
+        request: ProviderRequest,
+        meter: StreamMeter,
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -170,20 +175,24 @@ class AnthropicProvider(SdkProvider):
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     text += delta["text"]  # resized in place by CPython: linear overall
                     pieces += 1
+                    meter.pieces = pieces
                     on_progress(text, pieces)
             elif kind == "message_start":
                 message = event.get("message") or {}
                 model = message.get("model") or None
                 usage = message.get("usage") or {}
-                prompt_tokens = _prompt_tokens(usage)
+                prompt_tokens = meter.prompt_tokens = _prompt_tokens(usage)
+                _meter_cache(meter, usage)
                 completion_tokens = usage.get("output_tokens")
             elif kind == "message_delta":
                 stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
                 usage = event.get("usage") or {}
                 if usage.get("output_tokens") is not None:
-                    completion_tokens = usage["output_tokens"]
-                if usage.get("input_tokens") is not None:
-                    prompt_tokens = max(prompt_tokens, _prompt_tokens(usage))
+                    completion_tokens = meter.completion_tokens = usage["output_tokens"]
+                if usage.get("input_tokens") is not None and _prompt_tokens(usage) > prompt_tokens:
+                    # The final counts (cumulative), when the delta carries them.
+                    prompt_tokens = meter.prompt_tokens = _prompt_tokens(usage)
+                    _meter_cache(meter, usage)
             elif kind == "message_stop":
                 stopped = True
             elif kind == "error":  # an error event inside a 200 stream (overloaded_error, ...)
@@ -198,6 +207,8 @@ class AnthropicProvider(SdkProvider):
             prompt_tokens=prompt_tokens,
             completion_tokens=max(completion_tokens or 0, 0) or pieces,
             model=model,
+            cached_tokens=meter.cached_tokens,
+            cache_write_tokens=meter.cache_write_tokens,
         )
 
     def _stream_error(self, event: dict[str, Any], request: ProviderRequest) -> ProviderError:
@@ -249,13 +260,21 @@ class AnthropicProvider(SdkProvider):
 
 def _from_message(message: Message) -> ProviderResponse:
     text = "".join(block.text for block in message.content if block.type == "text")
+    usage = message.usage
     return ProviderResponse(
         text=text,
         finish_reason=normalise_stop_reason(message.stop_reason),
-        prompt_tokens=_prompt_tokens(message.usage),
-        completion_tokens=message.usage.output_tokens,
+        prompt_tokens=_prompt_tokens(usage),
+        completion_tokens=usage.output_tokens,
         model=message.model or None,
+        cached_tokens=usage.cache_read_input_tokens or 0,
+        cache_write_tokens=usage.cache_creation_input_tokens or 0,
     )
+
+
+def _meter_cache(meter: StreamMeter, usage: dict[str, Any]) -> None:
+    meter.cached_tokens = int(usage.get("cache_read_input_tokens") or 0)
+    meter.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
 
 
 def _prompt_tokens(usage: Any) -> int:

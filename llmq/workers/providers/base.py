@@ -18,7 +18,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx2
 
-from llmq.workers.providers.errors import ProviderTimeoutError
+from llmq.workers.providers.errors import ProviderError, ProviderTimeoutError
+from llmq.workers.providers.usage import ProviderUsage, StreamMeter
 
 __all__ = [
     "ChatMessage",
@@ -26,6 +27,8 @@ __all__ = [
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
+    "ProviderUsage",
+    "StreamMeter",
     "sse_data",
     "with_deadline",
 ]
@@ -58,6 +61,10 @@ class ProviderResponse:
     completion_tokens: int
     model: str | None  # the model the provider says served the call
     status_code: int = 200
+    # Of prompt_tokens (which count every input token): read from the provider's prompt cache,
+    # and written to it (see ``providers/usage.py``).
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 ProgressCallback = Callable[[str, int], None]
@@ -147,12 +154,20 @@ class SdkProvider:
     async def complete(
         self, request: ProviderRequest, on_progress: ProgressCallback | None = None
     ) -> ProviderResponse:
-        return await with_deadline(
-            self._complete(request, on_progress), request.timeout_s, provider=self.name
-        )
+        """The call under its deadline. A failure after output had streamed says what the
+        provider billed (``ProviderError.billed``), from the stream's meter."""
+        meter = StreamMeter()
+        try:
+            return await with_deadline(
+                self._complete(request, on_progress, meter), request.timeout_s, provider=self.name
+            )
+        except ProviderError as exc:
+            if exc.billed is None:
+                exc.billed = meter.billed(request.messages)
+            raise
 
     async def _complete(
-        self, request: ProviderRequest, on_progress: ProgressCallback | None
+        self, request: ProviderRequest, on_progress: ProgressCallback | None, meter: StreamMeter
     ) -> ProviderResponse:
         raise NotImplementedError
 

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from llmq.webhooks.schedule import parse_retry_after
+from llmq.workers.providers.usage import ProviderUsage
 
 __all__ = [
     "AuthError",
@@ -68,6 +69,9 @@ class ProviderError(Exception):
 
     error_type: ClassVar[str] = "provider_error"
     retryable: ClassVar[bool] = False
+    # What the provider billed for the failed call (a stream that broke after output, an answer
+    # refused after it came); None: nothing billed, as far as llmq can tell.
+    billed: ProviderUsage | None = None
 
     def __init__(
         self,

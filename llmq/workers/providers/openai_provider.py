@@ -26,7 +26,9 @@ from llmq.workers.providers.base import (
     ProgressCallback,
     ProviderRequest,
     ProviderResponse,
+    ProviderUsage,
     SdkProvider,
+    StreamMeter,
     aiohttp_http_client,
     sse_data,
 )
@@ -86,7 +88,7 @@ class OpenAIProvider(SdkProvider):
     # --- the call --------------------------------------------------------------------------------
 
     async def _complete(
-        self, request: ProviderRequest, on_progress: ProgressCallback | None
+        self, request: ProviderRequest, on_progress: ProgressCallback | None, meter: StreamMeter
     ) -> ProviderResponse:
         messages: list[ChatCompletionMessageParam] = []
         for m in request.messages:
@@ -126,29 +128,41 @@ class OpenAIProvider(SdkProvider):
             ) as response:
                 streaming = True
                 body = response.http_response.aiter_bytes()
-                return await self._consume(body, response.http_request, on_progress)
+                return await self._consume(body, response.http_request, on_progress, meter)
         except (openai.OpenAIError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
 
     def _from_completion(self, completion: ChatCompletion) -> ProviderResponse:
+        usage = completion.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        details = usage.prompt_tokens_details if usage else None
+        cached = (details.cached_tokens or 0) if details else 0
         if not completion.choices:
-            raise ProviderServerError(f"{self.name}: the answer had no choices")
+            error = ProviderServerError(f"{self.name}: the answer had no choices")
+            if usage:  # it came back, and was billed
+                error.billed = ProviderUsage(prompt_tokens, completion_tokens, cached)
+            raise error
         choice = completion.choices[0]
         text = choice.message.content or ""
         finish = choice.finish_reason or "unknown"
         if not text and choice.message.refusal:
             finish = "content_filter"
-        usage = completion.usage
         return ProviderResponse(
             text=text,
             finish_reason=finish,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             model=completion.model or None,
+            cached_tokens=cached,
         )
 
     async def _consume(
-        self, chunks: AsyncIterator[bytes], http_request: httpx2.Request, on_progress: ProgressCallback
+        self,
+        chunks: AsyncIterator[bytes],
+        http_request: httpx2.Request,
+        on_progress: ProgressCallback,
+        meter: StreamMeter,
     ) -> ProviderResponse:
         text = ""
         pieces = 0
@@ -173,8 +187,11 @@ class OpenAIProvider(SdkProvider):
             model = chunk.get("model") or model
             usage = chunk.get("usage")
             if usage:
-                prompt_tokens = usage.get("prompt_tokens")
-                completion_tokens = usage.get("completion_tokens")
+                prompt_tokens = meter.prompt_tokens = usage.get("prompt_tokens")
+                completion_tokens = meter.completion_tokens = usage.get("completion_tokens")
+                meter.cached_tokens = int(
+                    (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                )
             for choice in chunk.get("choices") or ():
                 if choice.get("index", 0) != 0:
                     continue
@@ -184,6 +201,7 @@ class OpenAIProvider(SdkProvider):
                     # running text costs linear time, not quadratic.
                     text += content
                     pieces += 1
+                    meter.pieces = pieces
                     on_progress(text, pieces)
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
@@ -198,6 +216,7 @@ class OpenAIProvider(SdkProvider):
             prompt_tokens=prompt_tokens or 0,
             completion_tokens=completion_tokens if completion_tokens is not None else pieces,
             model=model,
+            cached_tokens=meter.cached_tokens,
         )
 
     # --- errors ----------------------------------------------------------------------------------
