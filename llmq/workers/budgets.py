@@ -97,13 +97,15 @@ def to_usd(units: int) -> Decimal:
 
 
 def worst_case_units(price: ModelPrice | None, input_tokens: int, max_tokens: int) -> int:
-    """The most a call may cost: ``input_tokens`` at the input price plus ``max_tokens`` at the
-    output price, rounded up to a unit. A model without a price costs 0 (as LiteLLM counts it):
-    it cannot overspend a budget, but a spent budget still refuses it."""
+    """The most a call may cost: ``input_tokens`` at the dearest input price (an Anthropic cache
+    write costs more than plain input) plus ``max_tokens`` at the output price, rounded up to a
+    unit. A model without a price costs 0 (as LiteLLM counts it): it cannot overspend a budget,
+    but a spent budget still refuses it."""
     if price is None:
         return 0
+    input_price = max(price.input_usd_per_mtok, price.cache_write, price.cached_input)
     usd = (
-        Decimal(max(0, input_tokens)) * price.input_usd_per_mtok
+        Decimal(max(0, input_tokens)) * input_price
         + Decimal(max(0, max_tokens)) * price.output_usd_per_mtok
     ) / _PER_MTOK
     return min(int((usd * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING)), _MAX_UNITS)

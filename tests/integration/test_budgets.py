@@ -4,9 +4,8 @@ budgets, waiting for the next period, the soft-threshold event sent once, the se
 rollup when Redis has lost the counters, and a killed worker's reservation expiring.
 
 The module runs its own workers with a providers file that prices its models, on the Redis
-database ``LLMQ_TEST_BUDGET_REDIS_URL`` (default: the session's, ``LLMQ_TEST_REDIS_URL``): give it
-a database of its own when the session's worker runs in the same pytest run, so that worker,
-which knows none of these prices, never takes these jobs."""
+database ``LLMQ_TEST_BUDGET_REDIS_URL`` (default: db 9 of the session's Redis): a database of its
+own, so the session's worker, which knows none of these prices, never takes these jobs."""
 
 from __future__ import annotations
 
@@ -76,7 +75,7 @@ output_usd_per_mtok = 30
 @pytest.fixture(scope="module")
 def budget_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     providers = _providers_file(tmp_path_factory.mktemp("budget-providers") / "providers.toml")
-    redis_url = os.environ.get("LLMQ_TEST_BUDGET_REDIS_URL") or settings.broker_url
+    redis_url = os.environ.get("LLMQ_TEST_BUDGET_REDIS_URL") or settings.broker_url.rsplit("/", 1)[0] + "/9"
     # A generous provider timeout: a call timed out on a loaded machine is retried, which the
     # assertions allow, but each retry is one more reservation to reason about.
     return settings.model_copy(
