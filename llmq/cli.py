@@ -20,6 +20,7 @@ from typing import Any
 import click
 import httpx
 
+from llmq.config.redis_url import parse_redis_url
 from llmq.config.settings import get_settings
 
 FINAL = {"completed", "failed", "cancelled"}
@@ -336,9 +337,10 @@ def run() -> None:
         ("beat", f"{_llmq()} beat"),
         ("flower", f"{_llmq()} flower"),
     ]
+    broker = parse_redis_url(env.get("REDIS_URL", settings.broker_url)).display()
     click.echo(
         f"llmq: API http://{settings.api_host}:{settings.api_port}  Flower http://127.0.0.1:{settings.flower_port}"
-        f"  database {_safe_url(settings.database_url)}  broker {env.get('REDIS_URL', settings.broker_url)}",
+        f"  database {_safe_url(settings.database_url)}  broker {broker}",
         err=True,
     )
     manager = Manager()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-import redis
 import structlog
 from flask import Flask, Response, g, request
 
@@ -21,6 +20,7 @@ from llmq.models.rollup import use_metadata_keys
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import fleet_limiter
+from llmq.workers.redis_client import redis_client as build_redis_client
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["llmq.db"] = db
     app.extensions["llmq.provider_specs"] = provider_specs(settings)
     providers_config = load_providers_file(settings.providers_file)
-    redis_client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
+    redis_client = build_redis_client(settings.redis_target, socket_timeout=1, socket_connect_timeout=1)
     app.extensions["llmq.providers"] = providers_config
     use_metadata_keys(providers_config.usage.metadata_keys)
     app.extensions["llmq.redis"] = redis_client

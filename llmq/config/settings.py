@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llmq.config.redis_url import RedisTarget, parse_redis_url
+
 DEFAULT_PROVIDERS_FILE = Path(__file__).parent.parent / "providers.default.toml"
 _EXTRA_PROVIDER_ENV = re.compile(r"^LLMQ_PROVIDER_([A-Z0-9_]+)_BASE_URL$")
 
@@ -167,6 +169,13 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_redis_url(value)  # a malformed URL fails at start, saying which form to use
+        return value or None
+
     @model_validator(mode="after")
     def _visibility_covers_an_attempt(self) -> Settings:
         longest = max(self.provider_timeout_s, self.max_countdown_s) + 60
@@ -189,6 +198,11 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """``REDIS_URL`` parsed: what every Redis client and the Celery broker are built from."""
+        return parse_redis_url(self.broker_url)
 
     @property
     def uses_simulator(self) -> bool:

@@ -25,8 +25,12 @@ TASK_MODULES = ["llmq.tasks.generate", "llmq.tasks.webhooks", "llmq.tasks.sweep"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    # REDIS_URL in kombu's spelling: a Sentinel set becomes sentinel://…;sentinel://… with the
+    # master's name in the transport options, TLS becomes broker_use_ssl (Flower reads both).
+    broker = settings.redis_target.celery_broker(socket_timeout=10, socket_connect_timeout=2)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker.url,
+        "broker_use_ssl": broker.use_ssl,
         "broker_connection_retry_on_startup": True,
         # Redis transport: a message that is not acked within the visibility timeout is handed
         # to another worker. It must exceed the longest job, or long LLM calls run twice.
@@ -35,6 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             "health_check_interval": 25,
+            **broker.transport_options,
         },
         "broker_pool_limit": 50,
         # Fail fast on submit when the broker is down instead of hanging the HTTP request.

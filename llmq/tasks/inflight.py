@@ -24,11 +24,13 @@ from typing import Any
 import redis
 import structlog
 
+from llmq.config.redis_url import RedisTarget
 from llmq.models.base import utcnow
 from llmq.models.claim import renew_leases
 from llmq.models.db import Database
 from llmq.workers.keys import CANCEL_CHANNEL
 from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.redis_client import redis_client
 
 logger = structlog.get_logger(__name__)
 
@@ -178,15 +180,16 @@ class LeaseKeeper(threading.Thread):
 
 
 class CancelListener(threading.Thread):
-    def __init__(self, redis_url: str, inflight: InFlightCalls) -> None:
+    def __init__(self, target: RedisTarget, inflight: InFlightCalls) -> None:
         super().__init__(name="llmq-cancel-listener", daemon=True)
-        self.redis_url = redis_url
+        self.target = target
         self.inflight = inflight
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+            # A new client each round: behind Sentinel it subscribes on whichever node is master now.
+            client = redis_client(self.target, socket_timeout=5, socket_connect_timeout=2)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(CANCEL_CHANNEL)

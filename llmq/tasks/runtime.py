@@ -21,7 +21,6 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
 import structlog
 
 from llmq.config.providers_file import load_providers_file
@@ -43,6 +42,7 @@ from llmq.workers.pricing import PriceTable
 from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
+from llmq.workers.redis_client import redis_client
 
 if TYPE_CHECKING:
     from llmq.tasks.gate import Go
@@ -65,7 +65,7 @@ class WorkerRuntime:
         self.providers = load_providers_file(settings.providers_file)
         self.prices = PriceTable.from_config(self.providers)
         use_metadata_keys(self.providers.usage.metadata_keys)  # what the usage rollup keeps
-        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = redis_client(settings.redis_target, socket_timeout=5, socket_connect_timeout=2)
         self.limiter = fleet_limiter(self.redis, self.providers)
         self.breakers = CircuitBreakers(self.redis, self.providers)
         self.budgets = BudgetLedger(self.redis)
@@ -103,7 +103,7 @@ class WorkerRuntime:
         self.inflight = InFlightCalls()
         self.lease_keeper = LeaseKeeper(self.db, self.inflight, settings.lease_s, self.limiter)
         self.lease_keeper.start()
-        self.cancel_listener = CancelListener(settings.broker_url, self.inflight)
+        self.cancel_listener = CancelListener(settings.redis_target, self.inflight)
         self.cancel_listener.start()
         self.progress = ProgressWriter(self.redis, settings.progress_interval_s, ttl_s=settings.lease_s)
         self.progress.start()

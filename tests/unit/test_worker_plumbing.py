@@ -13,6 +13,7 @@ from functools import partial
 import pytest
 import redis
 
+from llmq.config.redis_url import parse_redis_url
 from llmq.tasks.batch import BatchWriter
 from llmq.tasks.inflight import CANCEL_CHANNEL, CallCapacity, CancelListener, InFlightCalls, publish_cancel
 from llmq.workers.providers.base import sse_data
@@ -175,7 +176,7 @@ def _has_seen(calls: _FailingCalls, count: int) -> bool:
 
 def test_the_cancel_listener_closes_its_subscription_before_it_subscribes_again(rdb: redis.Redis) -> None:
     calls = _FailingCalls(3)
-    listener = CancelListener(REDIS_URL, calls)
+    listener = CancelListener(parse_redis_url(REDIS_URL), calls)
     listener.start()
     try:
         wait_for(lambda: _subscribers(rdb) == 1, timeout=5, what="the subscription")
