@@ -32,6 +32,7 @@ from tests.unit.k8s_manifests import (
     containers,
     load_yaml_documents,
     of_kind,
+    rendered,
 )
 
 # Read by llmq/api/gunicorn_conf.py from the environment (gunicorn's settings, not Settings').
@@ -133,10 +134,12 @@ def test_the_manifests_run_the_procfiles_processes() -> None:
 # --- environment, ConfigMap and Secret --------------------------------------------------------
 
 
-def test_every_environment_variable_is_one_llmq_reads() -> None:
+@pytest.mark.parametrize("target", [BASE, *OVERLAYS], ids=lambda p: p.name)
+def test_every_environment_variable_is_one_llmq_reads(target: Path) -> None:
     known = settings_env_names() | GUNICORN_ENV | PENDING_SETTINGS
-    names = set(_config_map())
-    for _, container in containers(base_resources()):
+    resources = base_resources() if target == BASE else rendered(target)
+    names = set(of_kind(resources, "ConfigMap")["llmq-config"]["data"])
+    for _, container in containers(resources):
         names |= {env["name"] for env in container.get("env", [])}
     unknown = {n for n in names if n not in known and not PROVIDER_ENV.match(n)}
     assert not unknown, f"not read by llmq: {sorted(unknown)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +22,8 @@ from llmq.tasks.enqueue import SENT_AT_HEADER
 from llmq.tasks.shutdown import warm_shutdown_s
 from tests.unit.conftest import REDIS_URL
 from tests.unit.k8s_manifests import (
+    BASE,
+    OVERLAYS,
     ROOT,
     SECRET_EXAMPLE,
     Resource,
@@ -28,16 +31,19 @@ from tests.unit.k8s_manifests import (
     containers,
     load_yaml_documents,
     of_kind,
+    rendered,
 )
 
 MIB = {"Mi": 1, "Gi": 1024}
 
 
-def _settings_of_the_pods(monkeypatch: pytest.MonkeyPatch) -> Settings:
+def _settings_of_the_pods(
+    monkeypatch: pytest.MonkeyPatch, resources: list[Resource] | None = None
+) -> Settings:
     """The Settings an llmq process of these manifests runs with: the ConfigMap and the example
     Secret in its environment."""
     (secret,) = load_yaml_documents(SECRET_EXAMPLE)
-    config = of_kind(base_resources(), "ConfigMap")["llmq-config"]["data"]
+    config = of_kind(resources or base_resources(), "ConfigMap")["llmq-config"]["data"]
     for name, value in {**config, **secret["stringData"]}.items():
         monkeypatch.setenv(name, value)
     return Settings()
@@ -55,10 +61,14 @@ def _queues(container: Resource) -> str:
 # --- graceful termination ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("target", [BASE, *OVERLAYS], ids=lambda p: p.name)
 @pytest.mark.parametrize("name", ["llmq-worker-llm", "llmq-worker-webhooks"])
-def test_worker_grace_period_covers_the_warm_shutdown(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = _settings_of_the_pods(monkeypatch)
-    spec = _deployment(name)["spec"]["template"]["spec"]
+def test_worker_grace_period_covers_the_warm_shutdown(
+    name: str, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resources = base_resources() if target == BASE else rendered(target)
+    settings = _settings_of_the_pods(monkeypatch, resources)
+    spec = of_kind(resources, "Deployment")[name]["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     needed = warm_shutdown_s(settings, _queues(container))
     assert needed > 0
@@ -252,3 +262,38 @@ def test_memory_requests_cover_the_measured_rss() -> None:
     for name, rss in measured.items():
         (container,) = _deployment(name)["spec"]["template"]["spec"]["containers"]
         assert _mib(container["resources"]["requests"]["memory"]) >= rss, (name, rss)
+
+
+# The parameters KEDA's scalers read (keda.sh, "Scalers": Redis Lists and PostgreSQL; the CRD
+# types trigger metadata only as strings, so a misspelt name would pass the schema and be ignored).
+KEDA_TRIGGER_PARAMETERS = {
+    "redis": {
+        "metadata": {
+            "address", "host", "port", "usernameFromEnv", "passwordFromEnv", "listName", "listLength",
+            "activationListLength", "enableTLS", "unsafeSsl", "databaseIndex", "addressFromEnv",
+            "hostFromEnv", "portFromEnv",
+        },
+        "auth": {
+            "address", "host", "port", "username", "password", "tls", "ca", "cert", "key", "keyPassword",
+        },
+        "required": {"listName", "listLength"},
+    },
+    "postgresql": {
+        "metadata": {
+            "connectionFromEnv", "host", "port", "userName", "passwordFromEnv", "dbName", "sslmode",
+            "query", "targetQueryValue", "activationTargetQueryValue",
+        },
+        "auth": {"connection", "password", "host", "port", "userName", "dbName", "sslmode"},
+        "required": {"query", "targetQueryValue"},
+    },
+}  # fmt: skip
+
+
+def test_every_trigger_parameter_is_one_its_scaler_reads() -> None:
+    auths = of_kind(base_resources(), "TriggerAuthentication")
+    for trigger in _scaled()["spec"]["triggers"]:
+        known = KEDA_TRIGGER_PARAMETERS[trigger["type"]]
+        assert set(trigger["metadata"]) <= known["metadata"], trigger["name"]
+        assert known["required"] <= set(trigger["metadata"]), trigger["name"]
+        auth = auths[trigger["authenticationRef"]["name"]]["spec"]
+        assert {ref["parameter"] for ref in auth["secretTargetRef"]} <= known["auth"], trigger["name"]
