@@ -144,26 +144,25 @@ def test_the_formula_adds_backlog_parked_due_and_running(monkeypatch: pytest.Mon
 
 
 def test_the_backlog_trigger_reads_the_list_job_messages_land_in(rdb: redis.Redis) -> None:
-    """Publish a job message the way the API does (the same Celery configuration) and find it in
-    the list the trigger watches, in the database it watches."""
+    """Publish a job message the way the API does (the same Celery configuration), to a Redis
+    database numbered as the trigger's, and find it in the list the trigger watches there."""
     metadata = _trigger("backlog")["metadata"]
     assert metadata["listName"] == LLM_QUEUE
-    url = urlsplit(REDIS_URL)
+    server = urlsplit(REDIS_URL)
+    host, port, db = server.hostname or "127.0.0.1", server.port or 6379, int(metadata["databaseIndex"])
     probe = Celery("k8s-probe", set_as_current=False)
-    probe.conf.update(celery_config(Settings(redis_url=REDIS_URL)))
+    probe.conf.update(celery_config(Settings(redis_url=f"redis://{host}:{port}/{db}")))
+    client = redis.Redis(host=host, port=port, db=db)
     try:
+        client.delete(metadata["listName"])
         probe.send_task(
             "llmq.generate", args=["job_probe"], queue=LLM_QUEUE, headers={SENT_AT_HEADER: time.time()}
         )
+        assert client.llen(metadata["listName"]) == 1
     finally:
         probe.close()
-    db = redis.Redis(
-        host=url.hostname or "127.0.0.1", port=url.port or 6379, db=int(metadata["databaseIndex"])
-    )
-    try:
-        assert db.llen(metadata["listName"]) == 1
-    finally:
-        db.close()
+        client.delete(metadata["listName"])
+        client.close()
 
 
 def test_the_backlog_trigger_names_the_redis_of_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
