@@ -51,6 +51,25 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {_safe_url(settings.database_url)} is at {revision}", err=True)
 
 
+@db.command("wait")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+def db_wait(timeout: float) -> None:
+    """Wait until DATABASE_URL's schema is at this release's head (or newer).
+
+    The init container of the Kubernetes pods that use the database: their new code starts only
+    once the migration Job has run, while the old pods keep serving."""
+    from llmq.models.migrate import wait_for_schema
+
+    settings = get_settings()
+    state = wait_for_schema(settings.database_url, timeout)
+    if state is None:
+        raise click.ClickException(
+            f"database at {_safe_url(settings.database_url)} is not at this release's schema after "
+            f"{timeout:.0f} s: run `llmq db upgrade` (the llmq-migrate Job)"
+        )
+    click.echo(f"database at {_safe_url(settings.database_url)}: schema {state}", err=True)
+
+
 @main.group()
 def keys() -> None:
     """API keys."""

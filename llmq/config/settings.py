@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # A worker renews the lease of each job it runs every lease_s/3; a job whose lease expired
     # (its worker was SIGKILLed, its host lost) goes back to the queue at the next sweep.
     lease_s: float = 60.0
+    # On SIGTERM a worker stops its calls and waits at most this long for its finishers to hand
+    # each job back to the queue (and for the webhook POSTs under way to end); see
+    # llmq/tasks/shutdown.py for the whole warm shutdown a deploy must wait for.
+    worker_shutdown_wait_s: float = 15.0
     # A queued job sent (and due) this much earlier than the oldest message still waiting on the
     # broker, or than now when none waits, and still not started, is sent again: its message is
     # lost (Redis restarted empty, a worker died holding it, a worker on another database took

@@ -119,9 +119,12 @@ class WorkerRuntime:
         """Start ``coro`` on the process's event loop; cancelling the future cancels the call."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def shutdown_calls(self, wait_s: float = 15.0) -> int:
+    def shutdown_calls(self, wait_s: float | None = None) -> int:
         """A warm shutdown: stop every call, and wait until the finishers have handed each job
-        back to the queue (and recorded the calls that had just ended)."""
+        back to the queue (and recorded the calls that had just ended), at most ``wait_s``
+        (``LLMQ_WORKER_SHUTDOWN_WAIT_S``, 15 s)."""
+        if wait_s is None:
+            wait_s = self.settings.worker_shutdown_wait_s
         self.inflight.shutting_down = True
         stopped = self.inflight.cancel_all()
         until = time.monotonic() + wait_s
