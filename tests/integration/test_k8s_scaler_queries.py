@@ -40,7 +40,7 @@ def test_the_scaler_queries_count_parked_but_due_and_running_jobs(
         # One snapshot for the whole test: other sessions' jobs cannot change the counts, so the
         # difference before/after is exactly the jobs made here.
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        before = {name: session.execute(text(q)).scalar_one() for name, q in queries.items()}
+        before: dict[str, int] = {name: session.execute(text(q)).scalar_one() for name, q in queries.items()}
 
         def job(**values: object) -> str:
             new = NewJob(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -58,7 +58,7 @@ def test_the_scaler_queries_count_parked_but_due_and_running_jobs(
         job(status="completed", enqueued_at=None, next_attempt_at=None)
         session.flush()
 
-        after = {name: session.execute(text(q)).scalar_one() for name, q in queries.items()}
+        after: dict[str, int] = {name: session.execute(text(q)).scalar_one() for name, q in queries.items()}
         assert after["due"] - before["due"] == 2
         assert after["running"] - before["running"] == 1
         # the same jobs the sweeper's own query finds to send (its first kind: never sent, due)
