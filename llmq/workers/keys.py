@@ -5,6 +5,11 @@ changing one orphans the keys already written under it.
 
     RATELIMIT_PREFIX  llmq:rl            rate limits (workers/ratelimit.py):
                                          llmq:rl:<model>:log, :tok, :sum, :slots, :line, :due, :want
+    TENANT_LIMIT_PREFIX llmq:tl          tenant and key limits (workers/tenantlimit.py), per scope
+                                         (tenant:<id> | key:<id>): :req:log|tok|sum (rpm at
+                                         submit), :tok:log|tok|sum (tpm), :slots, :line, :due, :want
+    AUTH_EPOCH_KEY    llmq:auth:epoch    bumped on every key or tenant change (api/auth.py): each
+                                         API process drops its cached keys when it moves
     BREAKER_PREFIX    llmq:cb            circuit breakers (workers/breaker.py):
                                          llmq:cb:<model>:state, :calls, :fails, :probe
     CACHE_PREFIX      llmq:cache         cached answers (workers/cache.py): llmq:cache:v1:<sha256>
@@ -21,12 +26,14 @@ whose default is theirs above.
 from __future__ import annotations
 
 __all__ = [
+    "AUTH_EPOCH_KEY",
     "BREAKER_PREFIX",
     "CACHE_PREFIX",
     "CANCEL_CHANNEL",
     "PROGRESS_KEY",
     "RATELIMIT_PREFIX",
     "SWEEP_LOCK",
+    "TENANT_LIMIT_PREFIX",
 ]
 
 RATELIMIT_PREFIX = "llmq:rl"
@@ -35,3 +42,5 @@ CACHE_PREFIX = "llmq:cache"
 PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
+TENANT_LIMIT_PREFIX = "llmq:tl"
+AUTH_EPOCH_KEY = "llmq:auth:epoch"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from llmq.models.records import ClaimedJob
 from llmq.workers.cache import CachedAnswer
+from llmq.workers.tenantlimit import TenantHold
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime
@@ -37,6 +38,7 @@ class Ticket:
     probe: bool = False  # this call is the breaker's probe
     reservation: str | None = None  # the limiter's request and tokens
     slot_holder: str | None = None  # the limiter's concurrency slot
+    tenant_hold: TenantHold | None = None  # the tenant's tokens and slot (gate/tenant.py)
 
     @property
     def candidates(self) -> list[str]:
@@ -51,12 +53,13 @@ class Go:
     slot_holder: str | None
     probe: bool
     cache_key: str | None
+    tenant_hold: TenantHold | None = None
 
 
 @dataclass(frozen=True)
 class Park:
     delay_s: float
-    reason: str  # rate_limited | circuit_open
+    reason: str  # rate_limited | circuit_open | tenant_limited
 
 
 @dataclass(frozen=True)
