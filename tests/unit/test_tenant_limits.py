@@ -100,6 +100,7 @@ def test_a_tenant_at_its_concurrency_waits_and_its_slot_comes_back_when_the_call
 def test_the_tenants_line_keeps_the_first_waiter_ahead_of_a_newcomer(rdb: redis.Redis) -> None:
     rt = _runtime(rdb, {None: _policy(concurrency=1)})
     running = gate(rt, _claim("job_1"))
+    assert isinstance(running, Go)
     assert isinstance(gate(rt, _claim("job_waiting")), Park)
     after_call(rt, running, CallEnd(sent=True, transient_failure=False, total_tokens=5))
     assert isinstance(gate(rt, _claim("job_newcomer")), Park), "the newcomer may not jump the line"
