@@ -8,7 +8,7 @@ API process, not after a cache TTL. An expired key answers 401 from the instant 
 cache keeps its expiry). When Redis cannot be read, the cache is trusted for ``KEY_CACHE_TTL_S``
 at most, as before.
 
-Refusals: 401 ``invalid_api_key`` (unknown), ``key_revoked``, ``key_expired``; 403
+Refusals: 401 ``unauthorized`` (no key, unknown key), ``key_revoked``, ``key_expired``; 403
 ``tenant_disabled``.
 """
 
@@ -96,7 +96,7 @@ def _from_database(api_key: str) -> AuthenticatedTenant:
     with current_app.extensions["llmq.db"].session() as session:
         found_pair = lookup_key(session, api_key)
         if found_pair is None:
-            raise ApiError(401, "invalid API key", type="invalid_api_key")
+            raise ApiError(401, "invalid API key")
         tenant, key = found_pair
         status = key_status(key, utcnow())
         if status == "revoked":
