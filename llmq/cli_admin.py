@@ -61,7 +61,14 @@ def _models(value: str) -> list[str]:
     return [m.strip() for m in value.split(",") if m.strip()]
 
 
+def _period(value: str) -> str:
+    if value not in ("month", "week", "day"):
+        raise ValueError(value)
+    return value
+
+
 LIMIT = _OrNone(_positive_int, "positive integer")
+PERIOD = _OrNone(_period, "period (month, week, day)")
 MONEY = _OrNone(_money, "amount in USD")
 MODELS = _OrNone(_models, "comma-separated model list")
 TEXT = _OrNone(str, "text")
@@ -317,14 +324,17 @@ def tenants() -> None:
 
 _TENANT_OPTIONS = [
     click.option(
-        "--tier", default=_UNSET, help="free, pro, enterprise or a [tiers.*] of the providers file."
+        "--tier",
+        type=TEXT,
+        default=_UNSET,
+        help="free, pro, enterprise or a [tiers.*] of the providers file.",
     ),
     click.option("--rpm", type=LIMIT, default=_UNSET, help="Own requests/min at submit (none: the tier's)."),
     click.option("--tpm", type=LIMIT, default=_UNSET, help="Own tokens/min (none: the tier's)."),
     click.option("--concurrency", type=LIMIT, default=_UNSET, help="Own calls in flight (none: the tier's)."),
     click.option("--budget", "budget_usd", type=MONEY, default=_UNSET, help="USD per period, the tenant."),
     click.option("--user-budget", "user_budget_usd", type=MONEY, default=_UNSET, help="USD per end user."),
-    click.option("--period", "budget_period", type=click.Choice(["month", "week", "day"]), default=_UNSET),
+    click.option("--period", "budget_period", type=PERIOD, default=_UNSET),
     click.option("--webhook-url", type=TEXT, default=_UNSET, help="Where budget.threshold events go."),
 ]
 
