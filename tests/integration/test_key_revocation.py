@@ -6,6 +6,7 @@ it applies on both at once."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 import uuid
@@ -56,13 +57,15 @@ def two_apis(
             procs.append(start_process([LLMQ, "api"], env, Path(var) / "api.log"))
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
-            wait_for(
-                lambda u=url: httpx.get(f"{u}/health", timeout=2).status_code == 200, timeout=60, what=url
-            )
+            wait_for(functools.partial(_healthy, url), timeout=60, what=url)
         yield urls
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+def _healthy(url: str) -> bool:
+    return httpx.get(f"{url}/health", timeout=2).status_code == 200
 
 
 def _new_key(api: str, **fields: Any) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
