@@ -1,4 +1,5 @@
-"""The admin API's part of ``/openapi.json`` (``openapi.py`` merges it in)."""
+"""The governance endpoints' part of ``/openapi.json`` (the admin API and ``/v1/limits``);
+``openapi.py`` merges it in."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def admin_paths(errors: Any) -> dict[str, Any]:
     ref = {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}}
     key_id = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
+        "/v1/limits": {
+            "get": {
+                "summary": "The calling key's tier, limits and their use now",
+                "security": [{"bearer": []}],
+                "responses": {"200": {"description": "the limits"}, **errors(401, 403, 503)},
+            }
+        },
         "/v1/admin/tenants": {
             "get": {
                 "summary": "List the tenants",

@@ -9,7 +9,7 @@ import redis
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import admin, jobs, ops, providers
+from llmq.api import admin, jobs, limits, ops, providers
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
@@ -60,4 +60,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(limits.bp)
     return app

@@ -58,6 +58,7 @@ TURN_WAIT_S = 0.05
 _ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
 _SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
 _CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
+_USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
 _RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
 _RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
 
@@ -103,6 +104,7 @@ class TenantLimiter:
         self._cancel = client.register_script(_CANCEL)
         self._renew_slots = client.register_script(_RENEW_SLOTS)
         self._release_slot = client.register_script(_RELEASE_SLOT)
+        self._usage = client.register_script(_USAGE)
         self._held: dict[str, str] = {}  # holder → scope, the slots this process renews
         self._held_lock = threading.Lock()
         self._renewer: _SlotRenewer | None = None
@@ -271,6 +273,32 @@ class TenantLimiter:
             renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.stop()
+
+    def usage(self, *, rpm_scope: str, tpm_scope: str, slot_scope: str) -> dict[str, int]:
+        """What the scopes use now: ``requests`` at submit and ``tokens`` in the window,
+        ``in_flight`` calls and ``waiting`` jobs (in the tenant's own line)."""
+        requests = self._usage(
+            keys=[
+                *self._window_keys(rpm_scope, "req"),
+                self._slots_key(slot_scope),
+                self._line_keys(slot_scope)[1],
+            ],
+            args=[self._window_us],
+        )
+        tokens = self._usage(
+            keys=[
+                *self._window_keys(tpm_scope, "tok"),
+                self._slots_key(slot_scope),
+                self._line_keys(tpm_scope)[1],
+            ],
+            args=[self._window_us],
+        )
+        return {
+            "requests": int(requests[0]),
+            "tokens": int(tokens[1]),
+            "in_flight": int(requests[2]),
+            "waiting": max(int(requests[3]), int(tokens[3])),
+        }
 
     def slots_in_use(self, scope: str) -> int:
         """How many of ``scope``'s slots are held now (expired leases not counted, by the Redis

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from llmq.api.app import create_app
-from llmq.config.settings import Settings
+from llmq.config.settings import DEFAULT_PROVIDERS_FILE, Settings
 from llmq.models.base import isoformat, utcnow
 from llmq.models.db import Database
 
@@ -212,7 +213,38 @@ def test_key_creation_validates_its_fields(admin: FlaskClient) -> None:
 
 def test_the_admin_api_is_in_the_openapi_document(client: FlaskClient) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
-    assert {"/v1/admin/tenants", "/v1/admin/keys/{key_id}/rotate", "/v1/admin/keys/{key_id}/revoke"} <= set(
-        paths
-    )
+    assert {
+        "/v1/limits",
+        "/v1/admin/tenants",
+        "/v1/admin/keys/{key_id}/rotate",
+        "/v1/admin/keys/{key_id}/revoke",
+    } <= set(paths)
     assert "429" in paths["/v1/jobs"]["post"]["responses"]
+
+
+def test_a_custom_tier_of_the_providers_file_sets_the_limits_and_v1_limits_shows_them(
+    settings: Settings, database: Database, tmp_path: Path
+) -> None:
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(
+        DEFAULT_PROVIDERS_FILE.read_text() + "\n[tiers.startup]\nrpm = 2\ntpm = 50000\nweight = 2\n"
+    )
+    custom = create_app(
+        settings.model_copy(update={"admin_token": SecretStr(ADMIN_TOKEN), "providers_file": providers_file})
+    )
+    custom.testing = True
+    try:
+        admin = custom.test_client()
+        tenant = _tenant(admin, tier="startup")
+        _, auth = _key(admin, tenant)
+        codes = [admin.post("/v1/jobs", json={"prompt": "a"}, headers=auth).status_code for _ in range(3)]
+        assert codes == [202, 202, 429]
+        limits = admin.get("/v1/limits", headers=auth).get_json()
+        assert limits["tier"] == "startup"
+        assert limits["rpm"] == {"limit": 2, "used": 2, "counted_for": "tenant"}
+        assert limits["tpm"]["limit"] == 50000 and limits["concurrency"]["limit"] is None
+        _, own = _key(admin, tenant, concurrency=4)
+        mine = admin.get("/v1/limits", headers=own).get_json()
+        assert mine["concurrency"] == {"limit": 4, "in_flight": 0, "waiting": 0, "counted_for": "key"}
+    finally:
+        custom.extensions["llmq.db"].dispose()
