@@ -96,6 +96,8 @@ class TenantPolicy:
     # The limits (rpm, tpm, concurrency) the key sets itself: counted for that key alone, the
     # others for the whole tenant (workers/tenantlimit.py).
     key_limits: frozenset[str] = frozenset()
+    # The models the key may use (None: any); the worker keeps fallbacks to these too.
+    allowed_models: tuple[str, ...] | None = None
 
     @property
     def has_budget(self) -> bool:
@@ -135,6 +137,9 @@ def policy_of(config: ProvidersConfig, tenant: Tenant, key: ApiKey | None) -> Te
             name
             for name in ("rpm", "tpm", "concurrency")
             if key is not None and getattr(key, name) is not None
+        ),
+        allowed_models=(
+            tuple(key.allowed_models) if key is not None and key.allowed_models is not None else None
         ),
     )
 

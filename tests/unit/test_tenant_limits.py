@@ -177,3 +177,16 @@ def test_a_tenant_without_tpm_or_concurrency_costs_no_redis_call(rdb: redis.Redi
     go = gate(rt, _claim("job_1"))
     assert isinstance(go, Go) and go.tenant_hold is None
     assert rdb.keys("llmq:tl:*") == []
+
+
+def test_a_key_limited_to_some_models_falls_back_only_to_those(rdb: redis.Redis) -> None:
+    from llmq.tasks.gate import model_chain
+
+    rt = _runtime(rdb, {"key_local": _policy(allowed_models=("local/*",))})
+    rt.providers = ProvidersConfig(
+        models={"local/a": ModelConfig(fallbacks=["openai/gpt-4o", "local/b"]), "local/b": ModelConfig()}
+    )
+    claim = replace(_claim("job_1", key_id="key_local"), model="local/a", requested_model="local/a")
+    assert model_chain(rt, claim)[0] == ["local/a", "local/b"]
+    unrestricted = replace(claim, api_key_id=None)
+    assert model_chain(rt, unrestricted)[0] == ["local/a", "openai/gpt-4o", "local/b"]
