@@ -13,7 +13,8 @@ and a key given a lower one cannot take the tenant's whole allowance.
 The counting is :mod:`llmq.workers.ratelimit`'s, run on other keys: the same Lua scripts, the
 same exact sliding window, the same leased slots, the same line (a tenant's jobs waiting for its
 own capacity wake in the order they first waited, with waits growing with their rank, so a
-tenant with thousands of jobs queued behind its concurrency does not poll the broker hot)::
+tenant with thousands of jobs queued behind its concurrency does not poll the broker hot; a
+tenant's ``interactive`` jobs wait ahead of its ``bulk`` ones)::
 
     llmq:tl:<scope>:req:log|tok|sum   requests at submit (POST /v1/jobs), window 60 s
     llmq:tl:<scope>:tok:log|tok|sum   tokens reserved before each call, settled after it
@@ -29,11 +30,12 @@ round trip at call time; one with no rpm none at submit.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 import structlog
@@ -54,6 +56,8 @@ SLOT_POLL_S = 0.2
 SLOT_RANK_STEP_S = 0.05
 SLOT_WAIT_MAX_S = 5.0
 TURN_WAIT_S = 0.05
+# A bulk job's place in its tenant's line is this far behind an interactive one's (30 days).
+BULK_OFFSET_S = 30 * 86400.0
 
 _ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
 _SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
@@ -146,20 +150,22 @@ class TenantLimiter:
         concurrency: int | None,
         slot_scope: str,
         grace_s: float,
+        bulk: bool = False,
     ) -> TenantAdmission:
         """Take ``tokens`` of ``tpm_scope``'s tpm and one of ``slot_scope``'s ``concurrency``
         slots for ``holder``, all or nothing. A refused job keeps (or takes) its place in its
-        tenant's line for ``grace_s`` past the wait it is given."""
+        tenant's line for ``grace_s`` past the wait it is given; a ``bulk`` job's place is
+        behind every interactive job of the line (see :meth:`_bulk_place`)."""
         if tpm is None and concurrency is None:
             return TenantAdmission(True, 0.0, None)
         member = uuid.uuid4().hex
         line_scope = slot_scope if concurrency is not None else tpm_scope
-        result = self._admit(
-            keys=[
-                *self._window_keys(tpm_scope, "tok"),
-                self._slots_key(slot_scope),
-                *self._line_keys(line_scope),
-            ],
+        line_keys = self._line_keys(line_scope)
+        pipe = self._redis.pipeline(transaction=False)
+        if bulk:
+            self._bulk_place(pipe, line_keys, job_id, grace_s)
+        self._admit(
+            keys=[*self._window_keys(tpm_scope, "tok"), self._slots_key(slot_scope), *line_keys],
             args=self._args(
                 rpm=0,
                 tpm=tpm or 0,
@@ -170,7 +176,9 @@ class TenantLimiter:
                 job_id=job_id,
                 grace_s=grace_s,
             ),
+            client=pipe,
         )
+        result = pipe.execute()[-1]
         if not int(result[0]):
             return TenantAdmission(False, int(result[1]) / _US, None)
         hold = TenantHold(
@@ -181,6 +189,17 @@ class TenantLimiter:
             with self._held_lock:
                 self._held[holder] = slot_scope
         return TenantAdmission(True, 0.0, hold)
+
+    @staticmethod
+    def _bulk_place(pipe: Any, line_keys: list[str], job_id: str, grace_s: float) -> None:
+        """Interactive work overtakes the same tenant's bulk work: the line is ordered by when a
+        job first waited, and the admission script puts a newcomer at ``now``; a bulk job takes
+        its place first (in the same round trip, ``NX``: a place it holds is kept) at ``now +
+        BULK_OFFSET_S``, behind every interactive job that waits or will within that time. Its
+        place lapses like any other (``due``), should it never ask again."""
+        now_us = int(time.time() * _US)
+        pipe.zadd(line_keys[0], {job_id: now_us + int(BULK_OFFSET_S * _US)}, nx=True)
+        pipe.zadd(line_keys[1], {job_id: now_us + int((grace_s + TENANT_WINDOW_S) * _US)}, nx=True)
 
     def _args(
         self,

@@ -190,3 +190,20 @@ def test_a_key_limited_to_some_models_falls_back_only_to_those(rdb: redis.Redis)
     assert model_chain(rt, claim)[0] == ["local/a", "local/b"]
     unrestricted = replace(claim, api_key_id=None)
     assert model_chain(rt, unrestricted)[0] == ["local/a", "openai/gpt-4o", "local/b"]
+
+
+def test_interactive_work_overtakes_the_same_tenants_bulk_work_in_its_line(rdb: redis.Redis) -> None:
+    rt = _runtime(rdb, {None: _policy(concurrency=1)})
+    running = gate(rt, _claim("job_running"))
+    assert isinstance(running, Go)
+    bulk = [replace(_claim(f"job_bulk_{i}"), priority="bulk") for i in range(3)]
+    for claim in bulk:
+        assert isinstance(gate(rt, claim), Park)
+    assert isinstance(gate(rt, _claim("job_interactive")), Park), "it came last, and waits too"
+    after_call(rt, running, CallEnd(sent=True, transient_failure=False, total_tokens=5))
+    assert isinstance(gate(rt, bulk[0]), Park), "the bulk job that waited first still yields"
+    served = gate(rt, _claim("job_interactive"))
+    assert isinstance(served, Go)
+    after_call(rt, served, CallEnd(sent=True, transient_failure=False, total_tokens=5))
+    assert isinstance(gate(rt, bulk[1]), Park), "bulk jobs keep their own order"
+    assert isinstance(gate(rt, bulk[0]), Go)

@@ -3,7 +3,8 @@ in flight (``workers/tenantlimit.py``, in Redis), before the model's own limits.
 
 It comes before the model's limits stage so that a tenant over its own allowance never takes a
 place in a model's line: its jobs wait in the tenant's own line (first come, first served within
-the tenant, the same rules as a model's line) and do not hold back other tenants. A refusal parks
+the tenant, the same rules as a model's line, except that its ``interactive`` jobs go before its
+``bulk`` ones) and do not hold back other tenants. A refusal parks
 the job with ``wait_reason = "tenant_limited"``; trying another model would not help, so the
 chain is not walked further.
 
@@ -46,6 +47,7 @@ class TenantLimitsStage:
             concurrency=policy.concurrency,
             slot_scope=scope_of("concurrency", claim.tenant_id, key_id, own),
             grace_s=line_grace_s(rt.settings),
+            bulk=claim.priority == "bulk",
         )
         if not admission.allowed:
             return Refusal(admission.retry_in_s, REASON, try_next_model=False)
