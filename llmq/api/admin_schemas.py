@@ -6,7 +6,7 @@ limit (it falls back to its tier's, or its tenant's), a field left out is left a
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -153,8 +153,7 @@ class KeyList(BaseModel):
 
 
 def expiry_of(spec: KeyCreate, now: datetime) -> datetime | None:
-    from datetime import timedelta
-
+    """The expiry a new key asked for: a time, or seconds from ``now``."""
     if spec.expires_in_s is not None:
         return now + timedelta(seconds=spec.expires_in_s)
     return spec.expires_at

@@ -19,9 +19,9 @@ database for long waits): no worker slot is held while it waits.
 The gate is a list of stages, each a module here with ``admit`` (and, for the model stages,
 ``undo`` and ``release``): :mod:`~llmq.tasks.gate.route`, :mod:`~llmq.tasks.gate.cache` once per
 job, then :mod:`~llmq.tasks.gate.breaker`, :mod:`~llmq.tasks.gate.tenant` and
-:mod:`~llmq.tasks.gate.limits` for each model of
-the chain (:mod:`~llmq.tasks.gate.stages` says how they fit together). A new stage is one module
-and one line in ``JOB_STAGES`` or ``MODEL_STAGES``.
+:mod:`~llmq.tasks.gate.limits` for each model of the chain (:mod:`~llmq.tasks.gate.stages` says
+how they fit together). A new stage is one module and one line in ``JOB_STAGES`` or
+``MODEL_STAGES``.
 """
 
 from __future__ import annotations
