@@ -72,41 +72,12 @@ def db_wait(timeout: float) -> None:
 
 @main.group()
 def keys() -> None:
-    """API keys."""
+    """API keys: create, list, set, revoke, rotate."""
 
 
-@keys.command("create")
-@click.option("--tenant", required=True, help="Tenant name; created on first use.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--export", "as_export", is_flag=True, help="Print shell 'export' lines.")
-def keys_create(tenant: str, as_json: bool, as_export: bool) -> None:
-    """Create an API key for TENANT and print it (it is stored only as a hash)."""
-    from llmq.models.base import utcnow
-    from llmq.models.db import Database
-    from llmq.models.migrate import upgrade
-    from llmq.models.tenants import create_key
+from llmq.cli_admin import register as _register_admin_commands  # noqa: E402 - needs `keys`
 
-    settings = get_settings()
-    if settings.is_sqlite:
-        upgrade(settings.database_url)  # the embedded default needs no separate migrate step
-    database = Database(settings.database_url)
-    with database.transaction() as session:
-        issued = create_key(session, tenant_name=tenant, now=utcnow())
-    database.dispose()
-    if as_json:
-        click.echo(
-            json.dumps(
-                {"tenant": issued.tenant, "api_key": issued.api_key, "webhook_secret": issued.webhook_secret}
-            )
-        )
-    elif as_export:
-        click.echo(f"export LLMQ_API_KEY={shlex.quote(issued.api_key)}")
-        click.echo(f"export LLMQ_WEBHOOK_SECRET={shlex.quote(issued.webhook_secret)}")
-    else:
-        click.echo(f"tenant:         {issued.tenant}")
-        click.echo(f"api key:        {issued.api_key}")
-        click.echo(f"webhook secret: {issued.webhook_secret}")
-        click.echo("The API key is shown only now; store it somewhere safe.", err=True)
+_register_admin_commands(keys, main)  # keys create|list|set|revoke|rotate, tenants ...
 
 
 @main.command()

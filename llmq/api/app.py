@@ -8,7 +8,7 @@ import uuid
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import jobs, ops, providers, usage
+from llmq.api import admin, jobs, limits, ops, providers, usage
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
@@ -60,4 +60,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
     app.register_blueprint(usage.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(limits.bp)
     return app

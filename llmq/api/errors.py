@@ -29,12 +29,21 @@ HTTP_ERROR_TYPES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type or HTTP_ERROR_TYPES.get(status, "error")
         self.message = message
         self.details = details
+        self.headers = headers or {}  # e.g. Retry-After of a 429
 
 
 def error_response(status: int, type: str, message: str, details: Any = None) -> Response:
@@ -56,7 +65,9 @@ def validation_details(exc: ValidationError) -> list[dict[str, object]]:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.type, exc.message, exc.details)
+        response = error_response(exc.status, exc.type, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:

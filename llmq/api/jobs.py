@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from llmq.api.auth import require_tenant
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
+from llmq.api.tenant_limits import check_models_allowed, check_submit_rate
 from llmq.config.providers import is_known_model
 from llmq.models.base import isoformat, utcnow
 from llmq.models.outbox import events_for_job, schedule_redelivery
@@ -56,6 +57,7 @@ def _db() -> Any:
 @bp.post("/v1/jobs")
 @require_tenant
 def submit() -> tuple[Response, int, dict[str, str]]:
+    check_submit_rate(g.tenant)
     body = _json_body()
     if not isinstance(body, dict):
         raise ApiError(422, "the request body must be a JSON object", type="validation_error")
@@ -71,6 +73,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
                 f"unknown provider in model {candidate!r}; known providers: {known}",
                 type="validation_error",
             )
+    check_models_allowed(g.tenant, [model, *(spec.fallbacks or [])])
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
         raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from llmq import __version__
+from llmq.api import admin_openapi
 from llmq.api.schemas import ErrorOut, Health, JobCreate, JobList, JobOut, Readiness
 from llmq.api.usage_schemas import USAGE_PARAMETERS, UsageOut
 
@@ -27,9 +28,11 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
+    inputs: tuple[type[BaseModel], ...] = (JobCreate, *admin_openapi.INPUTS)
+    outputs: tuple[type[BaseModel], ...] = (JobOut, JobList, ErrorOut, Health, Readiness, UsageOut)
     _, defs = models_json_schema(
-        [(m, "validation") for m in (JobCreate,)]
-        + [(m, "serialization") for m in (JobOut, JobList, ErrorOut, Health, Readiness, UsageOut)],
+        [(m, "validation") for m in inputs]
+        + [(m, "serialization") for m in (*outputs, *admin_openapi.OUTPUTS)],
         ref_template=REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -43,7 +46,10 @@ def build_openapi() -> dict[str, Any]:
         },
         "components": {
             "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "admin": {"type": "http", "scheme": "bearer", "description": "LLMQ_ADMIN_TOKEN"},
+            },
         },
         "paths": {
             "/v1/jobs": {
@@ -65,7 +71,7 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {
                         "202": _json(JobOut, "accepted: the job is stored and queued"),
                         "200": _json(JobOut, "an earlier job with the same Idempotency-Key"),
-                        **_errors(400, 401, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
                     },
                 },
                 "get": {
@@ -156,6 +162,7 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"202": {"description": "redelivery queued"}, **_errors(401, 404, 409)},
                 }
             },
+            **admin_openapi.admin_paths(_errors),
             "/health": {"get": {"summary": "Process alive", "responses": {"200": _json(Health, "alive")}}},
             "/ready": {
                 "get": {

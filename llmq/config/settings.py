@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmq.config.redis_url import RedisTarget, parse_redis_url
@@ -147,6 +147,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("FLOWER_BASIC_AUTH", "LLMQ_FLOWER_BASIC_AUTH")
     )
     max_body_bytes: int = 1_000_000
+    # The bearer token of /v1/admin/* (LLMQ_ADMIN_TOKEN); unset, the admin API answers 403.
+    admin_token: SecretStr | None = Field(default=None, min_length=16)
     idempotency_ttl_s: int = 86400
 
     # --- observability -------------------------------------------------------------------------

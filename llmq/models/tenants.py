@@ -93,6 +93,11 @@ class TenantPolicy:
     key_budget_usd: Decimal | None
     thresholds: tuple[float, ...]
     webhook_url: str | None
+    # The limits (rpm, tpm, concurrency) the key sets itself: counted for that key alone, the
+    # others for the whole tenant (workers/tenantlimit.py).
+    key_limits: frozenset[str] = frozenset()
+    # The models the key may use (None: any); the worker keeps fallbacks to these too.
+    allowed_models: tuple[str, ...] | None = None
 
     @property
     def has_budget(self) -> bool:
@@ -128,6 +133,14 @@ def policy_of(config: ProvidersConfig, tenant: Tenant, key: ApiKey | None) -> Te
         key_budget_usd=key.budget_usd if key is not None else None,
         thresholds=tuple(sorted(float(t) for t in thresholds)),
         webhook_url=tenant.webhook_url,
+        key_limits=frozenset(
+            name
+            for name in ("rpm", "tpm", "concurrency")
+            if key is not None and getattr(key, name) is not None
+        ),
+        allowed_models=(
+            tuple(key.allowed_models) if key is not None and key.allowed_models is not None else None
+        ),
     )
 
 

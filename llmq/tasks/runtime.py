@@ -43,6 +43,7 @@ from llmq.workers.progress import ProgressWriter
 from llmq.workers.providers.registry import ProviderRegistry
 from llmq.workers.ratelimit import fleet_limiter
 from llmq.workers.redis_client import redis_client
+from llmq.workers.tenantlimit import TenantLimiter
 
 if TYPE_CHECKING:
     from llmq.tasks.gate import Go
@@ -71,6 +72,7 @@ class WorkerRuntime:
         self.budgets = BudgetLedger(self.redis)
         self.cache = ResponseCache(self.redis, self.providers.cache)
         self.policies = TenantPolicies(self.db, self.providers)
+        self.tenant_limiter = TenantLimiter(self.redis, lease_s=self.providers.limits.lease_s)
         self.registry = ProviderRegistry.from_settings(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="llmq-provider-loop", daemon=True)
@@ -145,6 +147,7 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.lease_keeper.stop()
+        self.tenant_limiter.stop_renewing()
         self.cancel_listener.stop()
         self.progress.stop()
         self.finishers.shutdown(wait=True, cancel_futures=False)

@@ -105,8 +105,7 @@ def worst_case_units(price: ModelPrice | None, input_tokens: int, max_tokens: in
         return 0
     input_price = max(price.input_usd_per_mtok, price.cache_write, price.cached_input)
     usd = (
-        Decimal(max(0, input_tokens)) * input_price
-        + Decimal(max(0, max_tokens)) * price.output_usd_per_mtok
+        Decimal(max(0, input_tokens)) * input_price + Decimal(max(0, max_tokens)) * price.output_usd_per_mtok
     ) / _PER_MTOK
     return min(int((usd * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING)), _MAX_UNITS)
 

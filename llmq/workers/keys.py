@@ -7,6 +7,11 @@ changing one orphans the keys already written under it.
                                          llmq:rl:<model>:log, :tok, :sum, :slots, :line, :due, :want
     BUDGET_PREFIX     llmq:budget        budgets (workers/budgets.py), per scope and period start:
                                          llmq:budget:<scope>:<YYYYMMDD>:acct, :res, :exp
+    TENANT_LIMIT_PREFIX llmq:tl          tenant and key limits (workers/tenantlimit.py), per scope
+                                         (tenant:<id> | key:<id>): :req:log|tok|sum (rpm at
+                                         submit), :tok:log|tok|sum (tpm), :slots, :line, :due, :want
+    AUTH_EPOCH_KEY    llmq:auth:epoch    bumped on every key or tenant change (api/auth.py): each
+                                         API process drops its cached keys when it moves
     BREAKER_PREFIX    llmq:cb            circuit breakers (workers/breaker.py):
                                          llmq:cb:<model>:state, :calls, :fails, :probe
     CACHE_PREFIX      llmq:cache         cached answers (workers/cache.py): llmq:cache:v1:<sha256>
@@ -23,6 +28,7 @@ are Celery's and not listed here. The rate limiter, the breakers and the budget 
 from __future__ import annotations
 
 __all__ = [
+    "AUTH_EPOCH_KEY",
     "BREAKER_PREFIX",
     "BUDGET_PREFIX",
     "CACHE_PREFIX",
@@ -30,6 +36,7 @@ __all__ = [
     "PROGRESS_KEY",
     "RATELIMIT_PREFIX",
     "SWEEP_LOCK",
+    "TENANT_LIMIT_PREFIX",
 ]
 
 RATELIMIT_PREFIX = "llmq:rl"
@@ -39,3 +46,5 @@ CACHE_PREFIX = "llmq:cache"
 PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
+TENANT_LIMIT_PREFIX = "llmq:tl"
+AUTH_EPOCH_KEY = "llmq:auth:epoch"

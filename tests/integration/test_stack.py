@@ -126,7 +126,7 @@ def test_llmq_run_serves_the_whole_pipeline_and_ctrl_c_stops_everything(
                 text=True,
             ).stdout
         )
-        assert set(issued) == {"tenant", "api_key", "webhook_secret"}
+        assert {"tenant", "tenant_id", "key_id", "api_key", "webhook_secret"} == set(issued)
         assert issued["webhook_secret"].startswith("whsec_")
 
         submitted = subprocess.run(

@@ -18,6 +18,7 @@ from llmq.tasks.gate.stages import Refusal, Ticket
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
 from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.tenantlimit import TenantLimiter
 from llmq.workers.tokens import estimate_input_tokens
 
 MODEL = "sim/gated"
@@ -31,7 +32,8 @@ def _runtime(client: redis.Redis, **model: Any) -> Any:
         limiter=RateLimiter(client, providers, window_s=30.0),
         breakers=CircuitBreakers(client, providers),
         cache=ResponseCache(client, providers.cache),
-        policies=SimpleNamespace(get=lambda tenant_id, key_id: None),  # no tenant budgets here
+        policies=SimpleNamespace(get=lambda tenant_id, key_id: None),  # no tenant limits or budgets
+        tenant_limiter=TenantLimiter(client),
     )
 
 

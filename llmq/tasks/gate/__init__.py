@@ -9,6 +9,7 @@
                  breaker open? ──▶ next model ... none left ──▶ Park("circuit_open")
                  budget has no room for its worst case? ──▶ Refuse("budget_exceeded"),
                      or Park("budget") until the next period when the job asked to wait
+                 the tenant's own tpm and calls in flight? ──no──▶ Park("tenant_limited")
                  its turn in the model's line, and a slot, rpm and tpm room for it?
                      ──no──▶ Park("rate_limited") until its turn should come
                  ──yes──▶ Go(model)
@@ -19,9 +20,11 @@ database for long waits): no worker slot is held while it waits.
 
 The gate is a list of stages, each a module here with ``admit`` (and, for the model stages,
 ``undo`` and ``release``): :mod:`~llmq.tasks.gate.route`, :mod:`~llmq.tasks.gate.cache` once per
-job, then :mod:`~llmq.tasks.gate.breaker` and :mod:`~llmq.tasks.gate.limits` for each model of
-the chain (:mod:`~llmq.tasks.gate.stages` says how they fit together). A new stage is one module
-and one line in ``JOB_STAGES`` or ``MODEL_STAGES``.
+job, then :mod:`~llmq.tasks.gate.breaker`, :mod:`~llmq.tasks.gate.budget`,
+:mod:`~llmq.tasks.gate.tenant` and
+:mod:`~llmq.tasks.gate.limits` for each model of the chain (:mod:`~llmq.tasks.gate.stages` says
+how they fit together). A new stage is one module and one line in ``JOB_STAGES`` or
+``MODEL_STAGES``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from llmq.tasks.gate.cache import CacheStage, request_params
 from llmq.tasks.gate.limits import LimitsStage, line_grace_s
 from llmq.tasks.gate.route import RouteStage, model_chain, primary_model
 from llmq.tasks.gate.stages import CallEnd, Decision, Go, Hit, JobStage, ModelStage, Park, Refuse, Ticket
+from llmq.tasks.gate.tenant import TenantLimitsStage
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime
@@ -60,7 +64,7 @@ __all__ = [
 logger = structlog.get_logger(__name__)
 
 JOB_STAGES: tuple[JobStage, ...] = (RouteStage(), CacheStage())
-MODEL_STAGES: tuple[ModelStage, ...] = (BreakerStage(), BudgetStage(), LimitsStage())
+MODEL_STAGES: tuple[ModelStage, ...] = (BreakerStage(), BudgetStage(), TenantLimitsStage(), LimitsStage())
 
 
 def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
@@ -95,6 +99,7 @@ def _admit_a_model(rt: WorkerRuntime, ticket: Ticket) -> Decision:
                 probe=ticket.probe,
                 cache_key=ticket.cache_key,
                 budget=ticket.budget,
+                tenant_hold=ticket.tenant_hold,
             )
         for stage in reversed(admitted):
             stage.undo(rt, ticket, model)

@@ -1,10 +1,15 @@
 """The route stage: which models a job may be served by, in order — the one it asked for (or the
-router's choice for ``"auto"``), then its fallbacks — and the one it is on now."""
+router's choice for ``"auto"``), then its fallbacks — and the one it is on now.
+
+A job submitted with a key limited to some models (``allowed_models``) falls back only to those:
+the fallbacks the providers file adds are dropped when the key may not use them (the API refused
+at submit any model or fallback the job itself named that the key may not use)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llmq.models.keys import model_allowed
 from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.stages import Hit, Ticket
 from llmq.workers.routing import choose_model, fallback_chain
@@ -23,7 +28,8 @@ def primary_model(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[str, str | None
 
 def model_chain(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[list[str], str | None]:
     primary, reason = primary_model(rt, claim)
-    return [primary, *fallback_chain(primary, claim.fallbacks, rt.providers)], reason
+    chain = [primary, *fallback_chain(primary, claim.fallbacks, rt.providers)]
+    return _allowed_chain(rt, claim, chain), reason
 
 
 class RouteStage:
@@ -34,3 +40,12 @@ class RouteStage:
             chain = [current, *chain]
         ticket.chain, ticket.start = chain, chain.index(current)
         return None
+
+
+def _allowed_chain(rt: WorkerRuntime, claim: ClaimedJob, chain: list[str]) -> list[str]:
+    if claim.api_key_id is None:
+        return chain
+    policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
+    if policy is None or policy.allowed_models is None:
+        return chain
+    return [chain[0], *(m for m in chain[1:] if model_allowed(policy.allowed_models, m))]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from llmq.models.records import ClaimedJob
 from llmq.workers.budgets import BudgetHold
 from llmq.workers.cache import CachedAnswer
+from llmq.workers.tenantlimit import TenantHold
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime
@@ -42,6 +43,7 @@ class Ticket:
     reservation: str | None = None  # the limiter's request and tokens
     slot_holder: str | None = None  # the limiter's concurrency slot
     budget: BudgetHold | None = None  # the budget stage's reservation
+    tenant_hold: TenantHold | None = None  # the tenant's tokens and slot (gate/tenant.py)
 
     @property
     def candidates(self) -> list[str]:
@@ -57,12 +59,13 @@ class Go:
     probe: bool
     cache_key: str | None
     budget: BudgetHold | None = None
+    tenant_hold: TenantHold | None = None
 
 
 @dataclass(frozen=True)
 class Park:
     delay_s: float
-    reason: str  # rate_limited | circuit_open | budget
+    reason: str  # rate_limited | circuit_open | tenant_limited | budget
     until: datetime | None = None  # when the wait ends, when known exactly (else now + delay_s)
 
 
