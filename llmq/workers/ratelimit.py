@@ -116,13 +116,14 @@ LINE_GRACE_S = 20.0
 # llmq/workers/lua/: the request/token scripts start with ratelimit_prologue (the Redis clock,
 # the eviction of the window); the slot scripts with ratelimit_slots_prologue (the clock, the
 # eviction of expired leases). Each file says its KEYS and ARGV.
-_ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
+_ADMIT = load_lua("ratelimit_prologue", "ratelimit_line", "ratelimit_acquire")
 _SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
 _CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
 _USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
 _RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
 _RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
-_LEAVE_LINE = load_lua("ratelimit_leave_line")
+_LEAVE_LINE = load_lua("ratelimit_line", "ratelimit_leave_line")
+_LINE_ORDER = load_lua("ratelimit_line", "ratelimit_line_order")
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -144,6 +145,16 @@ class Admission:
     reservation: str | None
     admitted_at: float | None = None
     ahead: int = 0
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """Whose turn a job takes in a model's line: its tenant's, at the tenant's weight, and before
+    (interactive) or after (bulk) the tenant's other jobs."""
+
+    tenant: str = ""
+    weight: int = 1
+    bulk: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,7 @@ class RateLimiter:
         self._renew_slots = client.register_script(_RENEW_SLOTS)
         self._release_slot = client.register_script(_RELEASE_SLOT)
         self._leave_line = client.register_script(_LEAVE_LINE)
+        self._line_order = client.register_script(_LINE_ORDER)
         self._usage = client.register_script(_USAGE)
 
     # --- keys and limits ---
@@ -197,7 +209,12 @@ class RateLimiter:
 
     def _line_keys(self, model: str) -> list[str]:
         base = f"{self._prefix}:{model}"
-        return [f"{base}:line", f"{base}:due", f"{base}:want"]
+        return [f"{base}:line", f"{base}:due", f"{base}:want", f"{base}:owner"]
+
+    def _tenant_prefix(self, model: str) -> str:
+        """Of each waiting tenant's two keys: ``<prefix>:<model>:fq:<tenant>:s`` (its turns) and
+        ``...:j`` (its jobs in the order they take them)."""
+        return f"{self._prefix}:{model}:fq:"
 
     def limits(self, model: str) -> ModelLimits:
         cfg = self._config.model(model)
@@ -216,6 +233,9 @@ class RateLimiter:
         job_id: str | None = None,
         lease_s: float | None = None,
         grace_s: float = LINE_GRACE_S,
+        tenant: str = "",
+        weight: int = 1,
+        priority: str = "interactive",
     ) -> Admission:
         """Admit one call to ``model`` when every limit has room for it, all or nothing: a request
         and ``tokens_estimate`` tokens against its rpm and tpm and, with a ``holder`` on a model
@@ -225,14 +245,17 @@ class RateLimiter:
         Jobs already waiting in the model's line come first (see the module's notes). With a
         ``job_id``, a refused call joins the line (or keeps its place in it) for ``grace_s``
         beyond the wait it is given, and an admitted one leaves it; without, the call waits behind
-        the line but never joins it. Unlimited models are always admitted, with no reservation
-        and no Redis round trip."""
+        the line but never joins it. In the line, ``tenant``'s jobs take ``weight`` turns to a
+        weight-1 tenant's one, and its ``"interactive"`` jobs go before its ``"bulk"`` ones
+        (``priority``). Unlimited models are always admitted, with no reservation and no Redis
+        round trip."""
         limits = self.limits(model)
         if holder is None:
             limits = replace(limits, concurrency=None)
         if limits.rpm is None and limits.tpm is None and limits.concurrency is None:
             return Admission(allowed=True, retry_in_s=0.0, reservation=None)
-        return self._run_admit(model, limits, tokens_estimate, holder, job_id, lease_s, grace_s)
+        flow = _Flow(tenant, max(1, int(weight)), priority == "bulk")
+        return self._run_admit(model, limits, tokens_estimate, holder, job_id, lease_s, grace_s, flow)
 
     def _run_admit(
         self,
@@ -243,8 +266,10 @@ class RateLimiter:
         job_id: str | None,
         lease_s: float | None,
         grace_s: float,
+        flow: _Flow | None = None,
     ) -> Admission:
         member = uuid.uuid4().hex
+        flow = flow or _Flow()
         result = self._admit(
             keys=[*self._keys(model), self._slots_key(model), *self._line_keys(model)],
             args=[
@@ -263,6 +288,10 @@ class RateLimiter:
                 int(SLOT_RANK_STEP_S * _US),
                 int(SLOT_WAIT_MAX_S * _US),
                 int(TURN_WAIT_S * _US),
+                flow.tenant,
+                flow.weight,
+                "1" if flow.bulk else "0",
+                self._tenant_prefix(model),
             ],
         )
         ok, value, ahead = int(result[0]), int(result[1]), int(result[2])
@@ -273,7 +302,12 @@ class RateLimiter:
 
     def leave_line(self, model: str, job_id: str) -> bool:
         """Take ``job_id`` out of ``model``'s line (it went elsewhere). True when it was in it."""
-        return bool(self._leave_line(keys=self._line_keys(model), args=[job_id]))
+        return bool(self._leave_line(keys=self._line_keys(model), args=[job_id, self._tenant_prefix(model)]))
+
+    def line(self, model: str) -> list[str]:
+        """The ids of the jobs waiting in ``model``'s line, in the order they will be served."""
+        order = self._line_order(keys=self._line_keys(model), args=[self._tenant_prefix(model)])
+        return [_text(job) for job in order]
 
     # --- requests and tokens ---
 

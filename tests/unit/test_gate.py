@@ -31,6 +31,7 @@ def _runtime(client: redis.Redis, **model: Any) -> Any:
         limiter=RateLimiter(client, providers, window_s=30.0),
         breakers=CircuitBreakers(client, providers),
         cache=ResponseCache(client, providers.cache),
+        policies=SimpleNamespace(get=lambda tenant_id, key_id: None),  # no tenant rows here
     )
 
 
