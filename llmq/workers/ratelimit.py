@@ -107,6 +107,8 @@ SLOT_RANK_STEP_S = 0.02
 SLOT_WAIT_MAX_S = 2.0
 # The least wait of a job refused only because it is not first in line.
 TURN_WAIT_S = 0.05
+# A job rpm or more places back waits floor(rank / rpm) windows, at most this many.
+RPM_WAIT_WINDOWS_MAX = 4
 # How long past its wait a job keeps its place when it does not ask again (callers pass theirs).
 LINE_GRACE_S = 20.0
 
@@ -292,6 +294,7 @@ class RateLimiter:
                 flow.weight,
                 "1" if flow.bulk else "0",
                 self._tenant_prefix(model),
+                RPM_WAIT_WINDOWS_MAX,
             ],
         )
         ok, value, ahead = int(result[0]), int(result[1]), int(result[2])

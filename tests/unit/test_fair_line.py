@@ -17,7 +17,7 @@ from llmq.models.records import ClaimedJob
 from llmq.tasks.gate import Go, Park, gate
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
-from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.ratelimit import RPM_WAIT_WINDOWS_MAX, RateLimiter
 
 MODEL = "sim/fair"
 
@@ -130,6 +130,17 @@ def test_a_refused_job_keeps_its_turn_whoever_asks_and_however_often(rdb: redis.
             refused = rl.acquire(MODEL, 0, job_id=job, tenant="ten_a" if job[0] == "a" else "ten_b")
             assert not refused.allowed and refused.ahead == before.index(job)
     assert rl.line(MODEL) == before
+
+
+def test_a_job_far_back_waits_as_many_windows_as_its_turn_is_away(rdb: redis.Redis) -> None:
+    rl = _limiter(rdb, rpm=3)
+    for _ in range(3):
+        assert rl.acquire(MODEL, 0).allowed
+    waits = [rl.acquire(MODEL, 0, job_id=f"j{rank}").retry_in_s for rank in range(18)]
+    assert all(w <= 30.0 for w in waits[:3]) and waits[3:] == sorted(waits[3:])  # in line order
+    # At most 3 admissions a window: rank r cannot go before floor(r / 3) windows have passed.
+    assert waits[3:6] == [30.0] * 3 and waits[6:9] == [60.0] * 3
+    assert waits[-1] == RPM_WAIT_WINDOWS_MAX * 30.0  # a few windows at most: jobs ahead may leave
 
 
 def test_a_lapsed_backlog_gives_its_turns_back(rdb: redis.Redis) -> None:

@@ -5,7 +5,8 @@
 --       7 cap (0: no slot wanted), 8 holder, 9 lease_us,
 --       10 job id ('': do not join the line), 11 grace_us, 12 slot_poll_us, 13 slot_rank_step_us,
 --       14 slot_wait_max_us, 15 turn_wait_us,
---       16 tenant, 17 weight (>= 1), 18 bulk ('1': bulk, else interactive), 19 tenant key prefix
+--       16 tenant, 17 weight (>= 1), 18 bulk ('1': bulk, else interactive), 19 tenant key prefix,
+--       20 the most windows a job far back in the line waits (rpm)
 -- → {1, now_us, rank} when admitted, {0, wait_us, rank} when not (rank: jobs ahead in the line).
 
 local window = tonumber(ARGV[1])
@@ -60,6 +61,10 @@ if rpm > 0 and count + rank >= rpm then
   if index < count then
     local entry = redis.call('ZRANGE', KEYS[1], index, index, 'WITHSCORES')
     w = tonumber(entry[2]) + window - now
+  else
+    -- rpm or more places back: at most rpm admissions fit in a window, so its turn is at least
+    -- floor(rank / rpm) windows away (a few windows at most: jobs ahead may leave early).
+    w = window * math.min(math.floor(rank / rpm), tonumber(ARGV[20]))
   end
   if w > wait then wait = w end
 end
