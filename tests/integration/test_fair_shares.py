@@ -208,6 +208,9 @@ def test_interactive_jobs_overtake_the_same_tenants_bulk_backlog(
         f"\npriority: the 10 interactive jobs all done after {bulk_before} of the 400 bulk ones "
         f"({bulk_during} bulk between the first interactive and the last)"
     )
-    assert bulk_before < 200, f"interactive work waited behind {bulk_before} bulk jobs"
+    # The first window's worth of bulk jobs is admitted at once, before the interactive jobs
+    # arrive (the window had room); after that, the interactive jobs take the very next turns.
+    assert bulk_before <= RPM["prio"] + 10, f"interactive work waited behind {bulk_before} bulk jobs"
+    assert len(bulk) - bulk_before >= 150, "the interactive jobs finished with the bulk backlog"
     assert bulk_during < 20, f"{bulk_during} bulk jobs went between interactive ones"
     _within_limits(sim, PRIORITY_MODEL)
