@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 
 import redis
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from llmq.config.settings import Settings
+from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.stages import CallEnd, Go, Refusal, Ticket
 from llmq.workers.ratelimit import ModelLimits
 from llmq.workers.tokens import estimate_tokens
@@ -53,10 +55,10 @@ class LimitsStage:
         tokens = estimate_tokens(
             claim.messages, claim.max_tokens, default_max_tokens=rt.settings.default_max_tokens
         )
+        limits = rt.limiter.limits(model)
         holder = None
-        if rt.limiter.limits(model).concurrency is not None:
+        if limits.concurrency is not None:
             holder = f"{claim.job_id}:{claim.lease_token}"
-        policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
         admission = rt.limiter.acquire(
             model,
             tokens,
@@ -64,7 +66,7 @@ class LimitsStage:
             job_id=claim.job_id,
             grace_s=line_grace_s(rt.settings),
             tenant=claim.tenant_id,
-            weight=policy.weight if policy is not None else 1,
+            weight=_weight(rt, claim) if limits != ModelLimits() else 1,
             priority=claim.priority,
         )
         if not admission.allowed:
@@ -88,6 +90,17 @@ class LimitsStage:
             rt.limiter.cancel(go.reservation)  # the provider never saw it
         elif end.total_tokens is not None:
             rt.limiter.settle(go.reservation, end.total_tokens)
+
+
+def _weight(rt: WorkerRuntime, claim: ClaimedJob) -> int:
+    """The tenant's share in a busy model's line (its tier's weight), from the policy cache; 1
+    when the tenant is gone or its policy cannot be read now (the job still gets its turns)."""
+    try:
+        policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
+    except SQLAlchemyError as exc:
+        logger.warning("limits_policy_unavailable", tenant_id=claim.tenant_id, error=type(exc).__name__)
+        return 1
+    return policy.weight if policy is not None else 1
 
 
 def _leave_lines(rt: WorkerRuntime, job_id: str, models: list[str]) -> None:
