@@ -38,17 +38,42 @@ A worker renews its holders' leases while their calls run (:meth:`renew_slot`, e
 at most. Renewing a lease that has already expired does not bring it back (that could exceed the
 cap): the holder is reported lost instead.
 
-The line — jobs waiting for a model are served in the order they first waited::
+The line — jobs waiting for a model, in fair shares between tenants::
 
-    llmq:rl:<model>:line   ZSET  job id → when it first joined (µs, Redis clock)
-    llmq:rl:<model>:due    ZSET  job id → when its place lapses unless it asks again (µs)
-    llmq:rl:<model>:want   HASH  job id → the tokens it will reserve (models with a tpm only)
+    llmq:rl:<model>:line         ZSET  turn → virtual-time tag (one turn per waiting job)
+    llmq:rl:<model>:fq:<t>:s     ZSET  tenant t's turns → their tags (the same entries)
+    llmq:rl:<model>:fq:<t>:j     ZSET  tenant t's waiting jobs → their order (interactive first)
+    llmq:rl:<model>:owner        HASH  job id → its tenant
+    llmq:rl:<model>:due          ZSET  job id → when its place lapses unless it asks again (µs)
+    llmq:rl:<model>:want         HASH  job id → the tokens it will reserve (models with a tpm only)
+
+- **Fair shares (start-time fair queueing).** One first-come line per model would let a tenant
+  with 10,000 jobs waiting hold everyone else back by 10,000 calls. Instead a waiting job holds a
+  *turn* of its tenant, and the line is ordered by the turns' virtual-time tags: a tenant's new
+  turn is tagged ``max(V, its last turn's tag + 1 / weight)``, V being the tag of the turn at the
+  head of the line (0 when the line is empty). So tenants that are waiting take turns round
+  robin, a tenant of weight 4 (its tier's ``weight``) four to one of weight 1; a tenant that
+  joins late starts at the head's tag, next to the head, not behind the backlog; and a tenant
+  earns no credit while it has nothing waiting (its tags restart from V). Equal tags go in the
+  order they joined (a turn is named ``<µs of the join>|<tag>|<tenant>``).
+- **Priority within a tenant.** A tenant's jobs share its turns: its k-th job, in the order
+  interactive first then bulk (first come, first served within each), holds its k-th turn. An
+  interactive job that joins behind its tenant's bulk backlog adds one turn at the tenant's end
+  and takes the first turn after the tenant's other interactive jobs; the tenant's bulk jobs move
+  back by one of its own turns. So interactive work overtakes bulk work of the same tenant, and
+  the tenant never holds more turns than it has jobs: other tenants' places do not move. (Tagging
+  interactive jobs as a separate flow would have given a tenant with both kinds twice its share.)
+- A job's *rank* is then the rank of the turn it holds, and everything below holds unchanged.
+  Per-tenant state is only the tenant's waiting turns and jobs, emptied as they leave and expiring
+  with the line. Why not tag each job directly: a tag is fixed when the job joins, so interactive
+  overtaking would mean re-tagging the tenant's whole bulk backlog; with turns it is one entry.
 
 One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once — a slot (when a
 ``holder`` is given and the model has a cap), a request and its tokens — and the line:
 
 - **Admission rule.** A job's *rank* is the number of jobs ahead of it in the line; a job not in the
-  line (a new arrival, or a caller without a ``job_id``) ranks after all of them. A job is admitted
+  line ranks after all of them if it has no ``job_id``; a new arrival with one first takes its
+  fair place (above), and leaves it again in the same script if it is admitted. A job is admitted
   only if it would still fit once every job ahead of it had been admitted: ``held + rank < cap``,
   ``count + rank < rpm`` and ``used + (tokens wanted by the jobs ahead) + tokens <= tpm``. So a
   waiting job may take the capacity nobody ahead of it needs (the line never leaves capacity
@@ -56,11 +81,12 @@ One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once 
   line, and a job whose turn it is is not overtaken by one that woke earlier. With an empty line
   this is the plain check, and the admission costs nothing more than it did without a line (no
   extra round trip, no line write). An admitted job leaves the line in the same script.
-- **Joining and keeping a place.** A refused job with a ``job_id`` joins the line (``ZADD NX``: a
-  job that is refused again keeps its first place) and its ``due`` moves to now + its wait +
-  ``grace_s``. Every script first drops the entries past their ``due``: a job that was cancelled,
-  expired, answered from the cache or lost with its worker stops holding its place — and the unit
-  it would take — ``grace_s`` after it should have come back, so a dead entry can delay the line
+- **Joining and keeping a place.** A refused job with a ``job_id`` joins the line (once: a job
+  that is refused again keeps its turn, overtaken only by its own tenant's interactive jobs) and
+  its ``due`` moves to now + its wait + ``grace_s``. Every script first drops the entries past
+  their ``due``: a job that was cancelled, expired, answered from the cache or lost with its
+  worker stops holding its place (its turn goes with it) — and the unit it would take —
+  ``grace_s`` after it should have come back, so a dead entry can delay the line
   but never stop it. The gate passes ``grace_s = max_countdown_s + 2 * sweep_interval_s``: a long
   wait parks the job in the database and the sweeper (every ``sweep_interval_s``) enqueues it when
   due, so a job that waits legitimately comes back well within its grace.
@@ -68,8 +94,10 @@ One script, :meth:`RateLimiter.acquire`, checks everything a call needs at once 
   in line order: for rpm, the job at rank r needs the jobs ahead and itself to fit, that is
   ``count - rpm + 1 + r`` entries gone — it waits until the entry at index ``count - rpm + r`` of
   the log leaves (a job ``rpm`` or more places back, whose turn depends on admissions not yet
-  made, looks again a window later); for tpm, until enough tokens leave to cover its own tokens and
-  those the jobs ahead want; for a full cap (a slot frees when some call ends, at no known time), a
+  made, waits ``floor(rank / rpm)`` windows — at most ``rpm`` admissions fit in a window, so its
+  turn cannot come sooner — but at most ``RPM_WAIT_WINDOWS_MAX``, as jobs ahead may leave
+  early); for tpm, until enough tokens leave to cover its own tokens and those the jobs ahead
+  want; for a full cap (a slot frees when some call ends, at no known time), a
   short poll that grows with the rank (``SLOT_POLL_S + rank * SLOT_RANK_STEP_S``, at most
   ``SLOT_WAIT_MAX_S``). A refused job that is not first in line waits at least ``TURN_WAIT_S``,
   never a few µs: no busy loop while the head of the line is on its way.
@@ -107,6 +135,8 @@ SLOT_RANK_STEP_S = 0.02
 SLOT_WAIT_MAX_S = 2.0
 # The least wait of a job refused only because it is not first in line.
 TURN_WAIT_S = 0.05
+# A job rpm or more places back waits floor(rank / rpm) windows, at most this many.
+RPM_WAIT_WINDOWS_MAX = 4
 # How long past its wait a job keeps its place when it does not ask again (callers pass theirs).
 LINE_GRACE_S = 20.0
 
@@ -116,13 +146,14 @@ LINE_GRACE_S = 20.0
 # llmq/workers/lua/: the request/token scripts start with ratelimit_prologue (the Redis clock,
 # the eviction of the window); the slot scripts with ratelimit_slots_prologue (the clock, the
 # eviction of expired leases). Each file says its KEYS and ARGV.
-_ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
+_ADMIT = load_lua("ratelimit_prologue", "ratelimit_line", "ratelimit_acquire")
 _SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
 _CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
 _USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
 _RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
 _RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
-_LEAVE_LINE = load_lua("ratelimit_leave_line")
+_LEAVE_LINE = load_lua("ratelimit_line", "ratelimit_leave_line")
+_LINE_ORDER = load_lua("ratelimit_line", "ratelimit_line_order")
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -144,6 +175,16 @@ class Admission:
     reservation: str | None
     admitted_at: float | None = None
     ahead: int = 0
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """Whose turn a job takes in a model's line: its tenant's, at the tenant's weight, and before
+    (interactive) or after (bulk) the tenant's other jobs."""
+
+    tenant: str = ""
+    weight: int = 1
+    bulk: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +225,7 @@ class RateLimiter:
         self._renew_slots = client.register_script(_RENEW_SLOTS)
         self._release_slot = client.register_script(_RELEASE_SLOT)
         self._leave_line = client.register_script(_LEAVE_LINE)
+        self._line_order = client.register_script(_LINE_ORDER)
         self._usage = client.register_script(_USAGE)
 
     # --- keys and limits ---
@@ -197,7 +239,12 @@ class RateLimiter:
 
     def _line_keys(self, model: str) -> list[str]:
         base = f"{self._prefix}:{model}"
-        return [f"{base}:line", f"{base}:due", f"{base}:want"]
+        return [f"{base}:line", f"{base}:due", f"{base}:want", f"{base}:owner"]
+
+    def _tenant_prefix(self, model: str) -> str:
+        """Of each waiting tenant's two keys: ``<prefix>:<model>:fq:<tenant>:s`` (its turns) and
+        ``...:j`` (its jobs in the order they take them)."""
+        return f"{self._prefix}:{model}:fq:"
 
     def limits(self, model: str) -> ModelLimits:
         cfg = self._config.model(model)
@@ -216,6 +263,9 @@ class RateLimiter:
         job_id: str | None = None,
         lease_s: float | None = None,
         grace_s: float = LINE_GRACE_S,
+        tenant: str = "",
+        weight: int = 1,
+        priority: str = "interactive",
     ) -> Admission:
         """Admit one call to ``model`` when every limit has room for it, all or nothing: a request
         and ``tokens_estimate`` tokens against its rpm and tpm and, with a ``holder`` on a model
@@ -225,14 +275,17 @@ class RateLimiter:
         Jobs already waiting in the model's line come first (see the module's notes). With a
         ``job_id``, a refused call joins the line (or keeps its place in it) for ``grace_s``
         beyond the wait it is given, and an admitted one leaves it; without, the call waits behind
-        the line but never joins it. Unlimited models are always admitted, with no reservation
-        and no Redis round trip."""
+        the line but never joins it. In the line, ``tenant``'s jobs take ``weight`` turns to a
+        weight-1 tenant's one, and its ``"interactive"`` jobs go before its ``"bulk"`` ones
+        (``priority``). Unlimited models are always admitted, with no reservation and no Redis
+        round trip."""
         limits = self.limits(model)
         if holder is None:
             limits = replace(limits, concurrency=None)
         if limits.rpm is None and limits.tpm is None and limits.concurrency is None:
             return Admission(allowed=True, retry_in_s=0.0, reservation=None)
-        return self._run_admit(model, limits, tokens_estimate, holder, job_id, lease_s, grace_s)
+        flow = _Flow(tenant, max(1, int(weight)), priority == "bulk")
+        return self._run_admit(model, limits, tokens_estimate, holder, job_id, lease_s, grace_s, flow)
 
     def _run_admit(
         self,
@@ -243,8 +296,10 @@ class RateLimiter:
         job_id: str | None,
         lease_s: float | None,
         grace_s: float,
+        flow: _Flow | None = None,
     ) -> Admission:
         member = uuid.uuid4().hex
+        flow = flow or _Flow()
         result = self._admit(
             keys=[*self._keys(model), self._slots_key(model), *self._line_keys(model)],
             args=[
@@ -263,6 +318,11 @@ class RateLimiter:
                 int(SLOT_RANK_STEP_S * _US),
                 int(SLOT_WAIT_MAX_S * _US),
                 int(TURN_WAIT_S * _US),
+                flow.tenant,
+                flow.weight,
+                "1" if flow.bulk else "0",
+                self._tenant_prefix(model),
+                RPM_WAIT_WINDOWS_MAX,
             ],
         )
         ok, value, ahead = int(result[0]), int(result[1]), int(result[2])
@@ -273,7 +333,12 @@ class RateLimiter:
 
     def leave_line(self, model: str, job_id: str) -> bool:
         """Take ``job_id`` out of ``model``'s line (it went elsewhere). True when it was in it."""
-        return bool(self._leave_line(keys=self._line_keys(model), args=[job_id]))
+        return bool(self._leave_line(keys=self._line_keys(model), args=[job_id, self._tenant_prefix(model)]))
+
+    def line(self, model: str) -> list[str]:
+        """The ids of the jobs waiting in ``model``'s line, in the order they will be served."""
+        order = self._line_order(keys=self._line_keys(model), args=[self._tenant_prefix(model)])
+        return [_text(job) for job in order]
 
     # --- requests and tokens ---
 

@@ -25,14 +25,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from llmq.api.app import create_app
+from llmq.config.providers_file import ProvidersConfig
 from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.tables import Attempt, Job
 from llmq.tasks.app import configure_celery
+from llmq.workers.ratelimit import RateLimiter
 from tests.integration.conftest import SimulatorControl, wait_for_status
 from tests.integration.services import celery_worker_argv, settings_env, start_process, stop_process, wait_for
-from tests.sync import done
 
 RUN = uuid.uuid4().hex[:6]
 M = {
@@ -215,10 +216,7 @@ def test_jobs_waiting_for_the_window_start_in_the_order_they_joined_the_line(
         time.sleep(0.1)
 
     def full_line() -> list[str] | None:
-        ids = [
-            m.decode() if isinstance(m, bytes) else str(m)
-            for m in done(rl.zrange(f"llmq:rl:{model}:line", 0, -1))
-        ]
+        ids = RateLimiter(rl, ProvidersConfig()).line(model)
         return ids if len(ids) == FIFO_RPM else None
 
     line = wait_for(full_line, what="every waiting job in the line")

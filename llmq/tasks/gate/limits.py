@@ -1,14 +1,17 @@
 """The limits stage: the model's fleet-wide rpm, tpm and concurrency (``workers/ratelimit.py``,
-in Redis), first come, first served.
+in Redis), in fair shares between tenants.
 
-Waiting for capacity is first come, first served, per model: a job refused for lack of capacity
-joins the model's line in Redis (keyed by its job id, so it keeps its place however many times it
-is refused, and whichever worker claims it next) and is admitted only when every job ahead of it
-has room too — a new job cannot jump the line. The limiter answers when the job's turn should
-come, so waiting jobs wake in line order. Its place is kept ``max_countdown_s + 2 *
-sweep_interval_s`` beyond the wait it was given (:func:`line_grace_s`): long enough for a job
-parked in the database to be brought back by the sweeper, short enough that a cancelled or expired
-job stops holding the line soon after.
+Waiting for capacity is fair between tenants, per model: a job refused for lack of capacity joins
+the model's line in Redis (keyed by its job id, so it keeps its place however many times it is
+refused, and whichever worker claims it next) and is admitted only when every job ahead of it has
+room too. Its place is a turn of its tenant: tenants take turns round robin, weighted by their
+tier's ``weight`` (from the policy cache, ``tasks/tenancy.py``), so a tenant with 10,000 jobs
+waiting delays another's next job by a few turns, not by 10,000 calls; within a tenant, its
+``interactive`` jobs go before its ``bulk`` ones, first come, first served in each. The limiter
+answers when the job's turn should come, so waiting jobs wake in line order. Its place is kept
+``max_countdown_s + 2 * sweep_interval_s`` beyond the wait it was given (:func:`line_grace_s`):
+long enough for a job parked in the database to be brought back by the sweeper, short enough that
+a cancelled or expired job stops holding the line soon after.
 
 A job admitted to a fallback because the models before it had their breaker open leaves those
 models' lines at once (it is served; its place there would only hold back the jobs behind it). A
@@ -25,8 +28,10 @@ from typing import TYPE_CHECKING
 
 import redis
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from llmq.config.settings import Settings
+from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.stages import CallEnd, Go, Refusal, Ticket
 from llmq.workers.ratelimit import ModelLimits
 from llmq.workers.tokens import estimate_tokens
@@ -50,11 +55,19 @@ class LimitsStage:
         tokens = estimate_tokens(
             claim.messages, claim.max_tokens, default_max_tokens=rt.settings.default_max_tokens
         )
+        limits = rt.limiter.limits(model)
         holder = None
-        if rt.limiter.limits(model).concurrency is not None:
+        if limits.concurrency is not None:
             holder = f"{claim.job_id}:{claim.lease_token}"
         admission = rt.limiter.acquire(
-            model, tokens, holder=holder, job_id=claim.job_id, grace_s=line_grace_s(rt.settings)
+            model,
+            tokens,
+            holder=holder,
+            job_id=claim.job_id,
+            grace_s=line_grace_s(rt.settings),
+            tenant=claim.tenant_id,
+            weight=_weight(rt, claim) if limits != ModelLimits() else 1,
+            priority=claim.priority,
         )
         if not admission.allowed:
             return Refusal(admission.retry_in_s, "rate_limited", try_next_model=False)
@@ -77,6 +90,17 @@ class LimitsStage:
             rt.limiter.cancel(go.reservation)  # the provider never saw it
         elif end.total_tokens is not None:
             rt.limiter.settle(go.reservation, end.total_tokens)
+
+
+def _weight(rt: WorkerRuntime, claim: ClaimedJob) -> int:
+    """The tenant's share in a busy model's line (its tier's weight), from the policy cache; 1
+    when the tenant is gone or its policy cannot be read now (the job still gets its turns)."""
+    try:
+        policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
+    except SQLAlchemyError as exc:
+        logger.warning("limits_policy_unavailable", tenant_id=claim.tenant_id, error=type(exc).__name__)
+        return 1
+    return policy.weight if policy is not None else 1
 
 
 def _leave_lines(rt: WorkerRuntime, job_id: str, models: list[str]) -> None:

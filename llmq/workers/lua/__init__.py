@@ -7,9 +7,13 @@ A script is read once, when the module that runs it is imported (``workers/ratel
 eviction of a window) are composed here, in Python: :func:`load_lua` joins the files it is given
 in order, the prologue first, so each prologue is written once::
 
-    ratelimit_prologue        + ratelimit_acquire | _settle | _cancel | _usage
+    ratelimit_prologue        + ratelimit_settle | _cancel | _usage
+    ratelimit_prologue        + ratelimit_line + ratelimit_acquire
     ratelimit_slots_prologue  + ratelimit_renew_slots | _release_slot
-                                ratelimit_leave_line (no prologue)
+    ratelimit_line            + ratelimit_leave_line | _line_order
+
+``ratelimit_line`` holds the functions of the fair line (join, rank, remove, lapse), shared by the
+scripts that touch it.
     breaker_prologue          + breaker_check | _record | _snapshot
     budget_prologue           + budget_reserve | _settle | _seed | _balance
 
