@@ -146,14 +146,14 @@ LINE_GRACE_S = 20.0
 # llmq/workers/lua/: the request/token scripts start with ratelimit_prologue (the Redis clock,
 # the eviction of the window); the slot scripts with ratelimit_slots_prologue (the clock, the
 # eviction of expired leases). Each file says its KEYS and ARGV.
-_ADMIT = load_lua("ratelimit_prologue", "ratelimit_line", "ratelimit_acquire")
-_SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
-_CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
-_USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
-_RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
-_RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
-_LEAVE_LINE = load_lua("ratelimit_line", "ratelimit_leave_line")
-_LINE_ORDER = load_lua("ratelimit_line", "ratelimit_line_order")
+ADMIT_LUA = load_lua("ratelimit_prologue", "ratelimit_line", "ratelimit_acquire")
+SETTLE_LUA = load_lua("ratelimit_prologue", "ratelimit_settle")
+CANCEL_LUA = load_lua("ratelimit_prologue", "ratelimit_cancel")
+USAGE_LUA = load_lua("ratelimit_prologue", "ratelimit_usage")
+RENEW_SLOTS_LUA = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
+RELEASE_SLOT_LUA = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
+LEAVE_LINE_LUA = load_lua("ratelimit_line", "ratelimit_leave_line")
+LINE_ORDER_LUA = load_lua("ratelimit_line", "ratelimit_line_order")
 
 
 # --- API ---------------------------------------------------------------------------------------
@@ -219,14 +219,14 @@ class RateLimiter:
         self._prefix = prefix
         self._window_us = int(self.window_s * _US)
         self._key_ttl_ms = int(self.window_s * 1000) + _KEY_TTL_MARGIN_MS
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
-        self._cancel = client.register_script(_CANCEL)
-        self._renew_slots = client.register_script(_RENEW_SLOTS)
-        self._release_slot = client.register_script(_RELEASE_SLOT)
-        self._leave_line = client.register_script(_LEAVE_LINE)
-        self._line_order = client.register_script(_LINE_ORDER)
-        self._usage = client.register_script(_USAGE)
+        self._admit = client.register_script(ADMIT_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._cancel = client.register_script(CANCEL_LUA)
+        self._renew_slots = client.register_script(RENEW_SLOTS_LUA)
+        self._release_slot = client.register_script(RELEASE_SLOT_LUA)
+        self._leave_line = client.register_script(LEAVE_LINE_LUA)
+        self._line_order = client.register_script(LINE_ORDER_LUA)
+        self._usage = client.register_script(USAGE_LUA)
 
     # --- keys and limits ---
 

@@ -14,12 +14,13 @@ The counting is :mod:`llmq.workers.ratelimit`'s, run on other keys: the same Lua
 same exact sliding window, the same leased slots, the same line (a tenant's jobs waiting for its
 own capacity wake in the order they first waited, with waits growing with their rank, so a
 tenant with thousands of jobs queued behind its concurrency does not poll the broker hot; a
-tenant's ``interactive`` jobs wait ahead of its ``bulk`` ones)::
+tenant's ``interactive`` jobs wait ahead of its ``bulk`` ones, as a tenant's do in a model's fair
+line, the whole scope being one tenant there)::
 
     llmq:tl:<scope>:req:log|tok|sum   requests at submit (POST /v1/jobs), window 60 s
     llmq:tl:<scope>:tok:log|tok|sum   tokens reserved before each call, settled after it
     llmq:tl:<scope>:slots             calls in flight, each a lease renewed while it runs
-    llmq:tl:<scope>:line|due|want     the tenant's jobs waiting for its own capacity
+    llmq:tl:<scope>:line|due|want|owner, :fq:*   the tenant's jobs waiting for its own capacity
 
 A worker renews the leases of the slots it holds every ``lease_s / 3`` on a thread of its own
 (:meth:`TenantLimiter.start_renewing`); a worker that dies stops renewing, and its slots are free
@@ -30,18 +31,25 @@ round trip at call time; one with no rpm none at submit.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 import structlog
 
 from llmq.workers.keys import TENANT_LIMIT_PREFIX
-from llmq.workers.lua import load_lua
+from llmq.workers.ratelimit import (
+    ADMIT_LUA,
+    CANCEL_LUA,
+    RELEASE_SLOT_LUA,
+    RENEW_SLOTS_LUA,
+    RPM_WAIT_WINDOWS_MAX,
+    SETTLE_LUA,
+    USAGE_LUA,
+)
 
 __all__ = ["TenantAdmission", "TenantHold", "TenantLimiter"]
 
@@ -56,15 +64,6 @@ SLOT_POLL_S = 0.2
 SLOT_RANK_STEP_S = 0.05
 SLOT_WAIT_MAX_S = 5.0
 TURN_WAIT_S = 0.05
-# A bulk job's place in its tenant's line is this far behind an interactive one's (30 days).
-BULK_OFFSET_S = 30 * 86400.0
-
-_ADMIT = load_lua("ratelimit_prologue", "ratelimit_acquire")
-_SETTLE = load_lua("ratelimit_prologue", "ratelimit_settle")
-_CANCEL = load_lua("ratelimit_prologue", "ratelimit_cancel")
-_USAGE = load_lua("ratelimit_prologue", "ratelimit_usage")
-_RENEW_SLOTS = load_lua("ratelimit_slots_prologue", "ratelimit_renew_slots")
-_RELEASE_SLOT = load_lua("ratelimit_slots_prologue", "ratelimit_release_slot")
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,12 @@ class TenantLimiter:
         self.lease_s = float(lease_s)
         self._window_us = int(self.window_s * _US)
         self._key_ttl_ms = int(self.window_s * 1000) + _KEY_TTL_MARGIN_MS
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
-        self._cancel = client.register_script(_CANCEL)
-        self._renew_slots = client.register_script(_RENEW_SLOTS)
-        self._release_slot = client.register_script(_RELEASE_SLOT)
-        self._usage = client.register_script(_USAGE)
+        self._admit = client.register_script(ADMIT_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._cancel = client.register_script(CANCEL_LUA)
+        self._renew_slots = client.register_script(RENEW_SLOTS_LUA)
+        self._release_slot = client.register_script(RELEASE_SLOT_LUA)
+        self._usage = client.register_script(USAGE_LUA)
         self._held: dict[str, str] = {}  # holder → scope, the slots this process renews
         self._held_lock = threading.Lock()
         self._renewer: _SlotRenewer | None = None
@@ -124,7 +123,7 @@ class TenantLimiter:
 
     def _line_keys(self, scope: str) -> list[str]:
         base = f"{self._prefix}:{scope}"
-        return [f"{base}:line", f"{base}:due", f"{base}:want"]
+        return [f"{base}:line", f"{base}:due", f"{base}:want", f"{base}:owner"]
 
     # --- rpm at submit ---
 
@@ -160,12 +159,12 @@ class TenantLimiter:
             return TenantAdmission(True, 0.0, None)
         member = uuid.uuid4().hex
         line_scope = slot_scope if concurrency is not None else tpm_scope
-        line_keys = self._line_keys(line_scope)
-        pipe = self._redis.pipeline(transaction=False)
-        if bulk:
-            self._bulk_place(pipe, line_keys, job_id, grace_s)
-        self._admit(
-            keys=[*self._window_keys(tpm_scope, "tok"), self._slots_key(slot_scope), *line_keys],
+        result = self._admit(
+            keys=[
+                *self._window_keys(tpm_scope, "tok"),
+                self._slots_key(slot_scope),
+                *self._line_keys(line_scope),
+            ],
             args=self._args(
                 rpm=0,
                 tpm=tpm or 0,
@@ -175,10 +174,10 @@ class TenantLimiter:
                 holder=holder,
                 job_id=job_id,
                 grace_s=grace_s,
+                line_scope=line_scope,
+                bulk=bulk,
             ),
-            client=pipe,
         )
-        result = pipe.execute()[-1]
         if not int(result[0]):
             return TenantAdmission(False, int(result[1]) / _US, None)
         hold = TenantHold(
@@ -189,17 +188,6 @@ class TenantLimiter:
             with self._held_lock:
                 self._held[holder] = slot_scope
         return TenantAdmission(True, 0.0, hold)
-
-    @staticmethod
-    def _bulk_place(pipe: Any, line_keys: list[str], job_id: str, grace_s: float) -> None:
-        """Interactive work overtakes the same tenant's bulk work: the line is ordered by when a
-        job first waited, and the admission script puts a newcomer at ``now``; a bulk job takes
-        its place first (in the same round trip, ``NX``: a place it holds is kept) at ``now +
-        BULK_OFFSET_S``, behind every interactive job that waits or will within that time. Its
-        place lapses like any other (``due``), should it never ask again."""
-        now_us = int(time.time() * _US)
-        pipe.zadd(line_keys[0], {job_id: now_us + int(BULK_OFFSET_S * _US)}, nx=True)
-        pipe.zadd(line_keys[1], {job_id: now_us + int((grace_s + TENANT_WINDOW_S) * _US)}, nx=True)
 
     def _args(
         self,
@@ -212,6 +200,8 @@ class TenantLimiter:
         holder: str = "",
         job_id: str = "",
         grace_s: float = 0.0,
+        line_scope: str = "",
+        bulk: bool = False,
     ) -> list[int | str]:
         return [
             self._window_us,
@@ -229,6 +219,13 @@ class TenantLimiter:
             int(SLOT_RANK_STEP_S * _US),
             int(SLOT_WAIT_MAX_S * _US),
             int(TURN_WAIT_S * _US),
+            # The line's turns (ratelimit.py's fair line): every job of the scope is one flow, so
+            # the line is first come, first served, the scope's interactive jobs ahead of its bulk.
+            line_scope,
+            1,
+            "1" if bulk else "0",
+            f"{self._prefix}:{line_scope}:fq:",
+            RPM_WAIT_WINDOWS_MAX,
         ]
 
     def release(self, hold: TenantHold | None, *, sent: bool, total_tokens: int | None) -> None:

@@ -31,6 +31,7 @@ from llmq.workers.budgets import (
 from llmq.workers.cache import ResponseCache
 from llmq.workers.pricing import PriceTable
 from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.tenantlimit import TenantLimiter
 from llmq.workers.tokens import estimate_input_tokens
 from tests.sync import done
 
@@ -232,6 +233,7 @@ def _runtime(client: redis.Redis, policy: TenantPolicy | None) -> Any:
         breakers=CircuitBreakers(client, providers),
         cache=ResponseCache(client, providers.cache),
         budgets=BudgetLedger(client),
+        tenant_limiter=TenantLimiter(client),
         policies=SimpleNamespace(get=lambda tenant_id, key_id: policy),
         db=None,  # every account below is seeded before the stage looks
     )

@@ -14,10 +14,12 @@ import redis
 from llmq.config.providers_file import ModelConfig, ProvidersConfig
 from llmq.config.settings import Settings
 from llmq.models.records import ClaimedJob
+from llmq.models.tenants import TenantPolicy
 from llmq.tasks.gate import Go, Park, gate
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.cache import ResponseCache
 from llmq.workers.ratelimit import RPM_WAIT_WINDOWS_MAX, RateLimiter
+from llmq.workers.tenantlimit import TenantLimiter
 
 MODEL = "sim/fair"
 
@@ -212,7 +214,8 @@ def test_the_gate_passes_each_jobs_tenant_weight_and_priority(rdb: redis.Redis) 
         limiter=RateLimiter(rdb, providers, window_s=30.0),
         breakers=CircuitBreakers(rdb, providers),
         cache=ResponseCache(rdb, providers.cache),
-        policies=SimpleNamespace(get=lambda tenant, key: SimpleNamespace(weight=weights[tenant])),
+        policies=SimpleNamespace(get=lambda tenant, key: _policy(tenant, weights[tenant])),
+        tenant_limiter=TenantLimiter(rdb),
     )
     assert isinstance(gate(rt, _claim("first", "ten_free")), Go)
     for i in range(5):
@@ -223,3 +226,21 @@ def test_the_gate_passes_each_jobs_tenant_weight_and_priority(rdb: redis.Redis) 
     assert rt.limiter.line(MODEL) == ["free-int", "pro0", "pro1", "pro2", "pro3", "free0", "free1"] + [
         f"free{i}" for i in range(2, 5)
     ]
+
+
+def _policy(tenant: str, weight: int) -> TenantPolicy:
+    """A tenant with no limits and no budget of its own: only its weight matters here."""
+    return TenantPolicy(
+        tenant_id=tenant,
+        tier="test",
+        rpm=None,
+        tpm=None,
+        concurrency=None,
+        weight=weight,
+        budget_period="month",
+        budget_usd=None,
+        user_budget_usd=None,
+        key_budget_usd=None,
+        thresholds=(),
+        webhook_url=None,
+    )

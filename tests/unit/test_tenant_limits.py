@@ -4,7 +4,6 @@ each counted in the scope that set it, and given back when a later stage refuses
 from __future__ import annotations
 
 from dataclasses import replace
-from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -173,7 +172,7 @@ def test_held_slots_are_renewed_and_a_lost_one_is_reported(rdb: redis.Redis) -> 
 
 
 def test_a_tenant_without_tpm_or_concurrency_costs_no_redis_call(rdb: redis.Redis) -> None:
-    rt = _runtime(rdb, {None: _policy(rpm=10, budget_usd=Decimal(5))})
+    rt = _runtime(rdb, {None: _policy(rpm=10)})  # rpm is counted at submit, not here
     go = gate(rt, _claim("job_1"))
     assert isinstance(go, Go) and go.tenant_hold is None
     assert rdb.keys("llmq:tl:*") == []
