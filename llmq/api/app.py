@@ -15,8 +15,9 @@ from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
 from llmq.config.providers_file import load_providers_file
 from llmq.config.settings import Settings, get_settings
-from llmq.logs import configure_logging, init_sentry
+from llmq.logs import configure_logging
 from llmq.models.db import Database
+from llmq.observability.sentry import init_sentry, tag_job_requests
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import fleet_limiter
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
+    tag_job_requests(app)
     init_metrics(app, db)
     register_error_handlers(app)
     app.register_blueprint(jobs.bp)
