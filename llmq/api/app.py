@@ -9,7 +9,7 @@ import redis
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import jobs, ops, providers
+from llmq.api import jobs, ops, providers, ui
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
@@ -59,4 +59,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
+    app.register_blueprint(ui.bp)  # /ui: the jobs page for people
     return app
