@@ -7,10 +7,10 @@ itself. Every request checks the reference again, so a revoked or expired key, o
 token, ends the session at once.
 
 The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it) and
-Secure when the request came over HTTPS; it is signed with itsdangerous under ``ui_secret_key``
-and expires after ``SESSION_MAX_AGE_S``. The only POSTs (login, logout) carry a CSRF token as
-well: the login form's is double-submitted (a signed cookie and the form field must match), the
-logout form's is the one stored in the session.
+Secure when the request came over HTTPS (or a proxy says it did); it is signed with itsdangerous
+under ``ui_secret_key`` and expires after ``SESSION_MAX_AGE_S``. The only POSTs (login, logout)
+carry a CSRF token as well: the login form's is double-submitted (a signed cookie and the form
+field must match), the logout form's is the one stored in the session.
 """
 
 from __future__ import annotations
@@ -68,9 +68,15 @@ def _admin_fingerprint(token: str) -> str:
     return hashlib.sha256(b"llmq-ui-admin:" + token.encode()).hexdigest()[:32]
 
 
+def _over_https() -> bool:
+    """HTTPS here or at the proxy in front (which says so in X-Forwarded-Proto): trusting the
+    header can only make the cookie stricter, never weaker."""
+    return request.is_secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
 def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, path="/ui", httponly=True, samesite="Strict", secure=request.is_secure
+        name, value, max_age=max_age, path="/ui", httponly=True, samesite="Strict", secure=_over_https()
     )
 
 
