@@ -281,19 +281,21 @@ def beat() -> None:
 
 
 @main.command()
-@click.option("--address", default=None, help="Default: 127.0.0.1, or 0.0.0.0 when FLOWER_BASIC_AUTH is set.")
+@click.option(
+    "--address",
+    default=None,
+    help="Default: FLOWER_ADDRESS, else 127.0.0.1 (0.0.0.0 when FLOWER_BASIC_AUTH is set). "
+    "Beyond loopback, Flower needs FLOWER_BASIC_AUTH or FLOWER_AUTH.",
+)
 def flower(address: str | None) -> None:
-    """Run Flower; it listens on loopback only unless basic auth is configured."""
-    settings = get_settings()
-    argv = [_bin("celery"), "-A", "llmq.tasks.app", "flower", f"--port={settings.flower_port}"]
-    env = {}
-    if settings.flower_basic_auth:
-        argv += [f"--basic-auth={settings.flower_basic_auth}", f"--address={address or '0.0.0.0'}"]
-    else:
-        argv.append(f"--address={address or '127.0.0.1'}")
-        # Loopback only, so its JSON API may answer without credentials (Flower refuses otherwise).
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    _exec(argv, env)
+    """Run Flower; beyond loopback it refuses to start without basic auth or OAuth."""
+    from llmq.config.flower import FlowerNotLocked, flower_command
+
+    try:
+        command = flower_command(get_settings(), address)
+    except FlowerNotLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    _exec([_bin("celery"), "-A", "llmq.tasks.app", "flower", *command.args], command.env)
 
 
 @main.command()

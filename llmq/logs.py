@@ -26,19 +26,3 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-
-
-def init_sentry(dsn: str | None, *, component: str) -> None:
-    """Sentry for Flask and Celery, only when a DSN is configured."""
-    if not dsn:
-        return
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.flask import FlaskIntegration
-
-    sentry_sdk.init(
-        dsn=dsn,
-        integrations=[FlaskIntegration(), CeleryIntegration()],
-        server_name=component,
-        send_default_pii=False,
-    )

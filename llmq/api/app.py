@@ -8,15 +8,16 @@ import uuid
 import structlog
 from flask import Flask, Response, g, request
 
-from llmq.api import admin, jobs, limits, ops, providers, usage
+from llmq.api import admin, jobs, limits, ops, providers, ui, usage
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
 from llmq.config.providers_file import load_providers_file
 from llmq.config.settings import Settings, get_settings
-from llmq.logs import configure_logging, init_sentry
+from llmq.logs import configure_logging
 from llmq.models.db import Database
 from llmq.models.rollup import use_metadata_keys
+from llmq.observability.sentry import init_sentry, tag_job_requests
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import fleet_limiter
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
+    tag_job_requests(app)
     init_metrics(app, db)
     register_error_handlers(app)
     app.register_blueprint(jobs.bp)
@@ -62,4 +64,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(usage.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(limits.bp)
+    app.register_blueprint(ui.bp)  # /ui: the jobs page for people
     return app

@@ -11,6 +11,8 @@ from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from llmq.observability.sentry import capture_exception
+
 logger = structlog.get_logger(__name__)
 
 HTTP_ERROR_TYPES = {
@@ -95,4 +97,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         logger.exception("unhandled_error", error=type(exc).__name__)
+        capture_exception(exc)  # answered here, so Flask's integration never sees it
         return error_response(500, "internal_error", "internal server error")

@@ -15,6 +15,13 @@ connections (urllib3/requests) should still retry a connection error with the sa
 """
 
 import os
+import secrets
+
+# The /ui session cookie is signed with LLMQ_UI_SECRET_KEY; when it is unset, one random key is
+# made here, in the master, so that every worker of this `llmq api` shares it (a restart logs
+# people out). llmq/api/ui_session.py reads it.
+if not os.environ.get("LLMQ_UI_SECRET_KEY"):
+    os.environ.setdefault("LLMQ_UI_GENERATED_SECRET", secrets.token_urlsafe(32))
 
 bind = f"{os.environ.get('LLMQ_API_HOST', '127.0.0.1')}:{os.environ.get('LLMQ_API_PORT', '8000')}"
 workers = int(os.environ.get("LLMQ_API_WORKERS", "2"))

@@ -143,12 +143,24 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_url: str = "http://127.0.0.1:8000"
     flower_port: int = Field(default=5555, validation_alias=AliasChoices("FLOWER_PORT", "LLMQ_FLOWER_PORT"))
+    # Flower listens on loopback unless told otherwise; beyond loopback it needs basic auth
+    # ("user:password[,user2:password2]") or Flower's OAuth (FLOWER_AUTH, an email regex, with
+    # FLOWER_AUTH_PROVIDER and FLOWER_OAUTH2_* read by Flower itself): see llmq/config/flower.py.
+    flower_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("FLOWER_ADDRESS", "LLMQ_FLOWER_ADDRESS")
+    )
     flower_basic_auth: str | None = Field(
         default=None, validation_alias=AliasChoices("FLOWER_BASIC_AUTH", "LLMQ_FLOWER_BASIC_AUTH")
+    )
+    flower_auth: str | None = Field(
+        default=None, validation_alias=AliasChoices("FLOWER_AUTH", "LLMQ_FLOWER_AUTH")
     )
     max_body_bytes: int = 1_000_000
     # The bearer token of /v1/admin/* (LLMQ_ADMIN_TOKEN); unset, the admin API answers 403.
     admin_token: SecretStr | None = Field(default=None, min_length=16)
+    # Signs the /ui session cookie. Unset: a random key per process, so a restart (or another
+    # gunicorn worker) logs people out; set it (32+ random bytes) when the API runs several workers.
+    ui_secret_key: str | None = None
     idempotency_ttl_s: int = 86400
 
     # --- observability -------------------------------------------------------------------------

@@ -138,14 +138,17 @@ def mark_not_enqueued(session: Session, job_id: str) -> None:
 def list_jobs(
     session: Session,
     *,
-    tenant_id: str,
+    tenant_id: str | None,
     status: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
 ) -> tuple[list[Job], bool]:
     """A page of the tenant's jobs, newest first: at most ``limit`` after the cursor ``after``
-    (the ``(created_at, id)`` of the last job of the previous page), and whether more follow."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    (the ``(created_at, id)`` of the last job of the previous page), and whether more follow.
+    ``tenant_id`` None: every tenant's (the admin's view in /ui)."""
+    stmt = select(Job)
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Job.status == status)
     if after:

@@ -111,7 +111,8 @@ def _on_worker_process_init(**_: object) -> None:
 
 
 def _on_worker_init(**_: object) -> None:
-    from llmq.logs import configure_logging, init_sentry
+    from llmq.logs import configure_logging
+    from llmq.observability.sentry import init_sentry
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)

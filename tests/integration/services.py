@@ -88,14 +88,18 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subpr
 
 
 def start_llm_worker(
-    settings: Settings, name: str, log_path: Path, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    name: str,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    queues: str = "llm",
 ) -> subprocess.Popen[bytes]:
     """An LLM worker started with the Procfile's command (``llmq worker --queues llm``), once it
-    answers a ping."""
+    answers a ping. ``queues``: another queue keeps a test's messages from other workers."""
     from llmq.tasks.app import configure_celery
 
     env = {**settings_env(settings), **(extra_env or {})}
-    proc = start_process([str(VENV_BIN / "llmq"), "worker", "--queues", "llm", "-n", name], env, log_path)
+    proc = start_process([str(VENV_BIN / "llmq"), "worker", "--queues", queues, "-n", name], env, log_path)
     app = configure_celery(settings)
     try:
         wait_for(lambda: app.control.ping(destination=[name], timeout=1.0), timeout=60, what=name)

@@ -1,0 +1,1 @@
+"""What llmq tells its operators beyond logs: error reports (Sentry)."""
