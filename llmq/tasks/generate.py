@@ -75,6 +75,7 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
             now=now,
         )
         if claim is not None:
+            rt.policies.get(claim.tenant_id, claim.api_key_id, session)  # read in this connection
             decision = gate(rt, claim)
             if isinstance(decision, Park):
                 enqueued = _by_countdown(rt, decision.delay_s)

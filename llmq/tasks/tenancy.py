@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+from sqlalchemy.orm import Session
+
 from llmq.config.providers_file import ProvidersConfig
 from llmq.models.db import Database
 from llmq.models.tenants import TenantPolicy, load_policy
@@ -23,16 +25,21 @@ class TenantPolicies:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str | None], tuple[float, TenantPolicy | None]] = {}
 
-    def get(self, tenant_id: str, key_id: str | None) -> TenantPolicy | None:
+    def get(self, tenant_id: str, key_id: str | None, session: Session | None = None) -> TenantPolicy | None:
         """The policy of ``tenant_id``'s jobs submitted with ``key_id``; None for a tenant that
-        no longer exists."""
+        no longer exists. ``session``: read it in that session (the claim's) rather than a new
+        one, so that a thread never holds two connections at once — with a pool as small as
+        PgBouncer's, two threads each holding one and waiting for a second would wait forever."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get((tenant_id, key_id))
         if hit is not None and hit[0] > now:
             return hit[1]
-        with self._db.session() as session:
+        if session is not None:
             policy = load_policy(session, self._config, tenant_id, key_id)
+        else:
+            with self._db.session() as own:
+                policy = load_policy(own, self._config, tenant_id, key_id)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -31,7 +31,7 @@ from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.tables import Attempt, Job
 from llmq.tasks.app import configure_celery
-from llmq.workers.ratelimit import RateLimiter
+from llmq.workers.ratelimit import RPM_WAIT_WINDOWS_MAX, RateLimiter
 from tests.integration.conftest import SimulatorControl, wait_for_status
 from tests.integration.services import celery_worker_argv, settings_env, start_process, stop_process, wait_for
 
@@ -43,6 +43,7 @@ M = {
 WINDOW_S = 5
 RPM = 40  # per WINDOW_S (the limiter adds its 1 s margin)
 FIFO_RPM = 6
+MAX_COUNTDOWN_S = (WINDOW_S + 1.0) * RPM_WAIT_WINDOWS_MAX + 3.0
 
 
 def _providers_file(path: Path) -> Path:
@@ -95,11 +96,12 @@ def fleet_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
-    # Every rate-limit wait (at most the limiter's window, WINDOW_S + 1 s) rides a countdown on
-    # this fleet's broker. A wait parked in the database could be enqueued by the session worker's
-    # sweeper (it shares the database) onto that worker, which knows none of these limits.
+    # Every rate-limit wait (a job far back in a line waits up to RPM_WAIT_WINDOWS_MAX windows of
+    # WINDOW_S + 1 s) rides a countdown on this fleet's broker. A wait parked in the database
+    # could be enqueued by the session worker's sweeper (it shares the database) onto that
+    # worker, which knows none of these limits.
     return settings.model_copy(
-        update={"redis_url": redis_url, "providers_file": providers, "max_countdown_s": WINDOW_S + 3.0}
+        update={"redis_url": redis_url, "providers_file": providers, "max_countdown_s": MAX_COUNTDOWN_S}
     )
 
 
