@@ -50,20 +50,11 @@ class UsageCollector(Collector):
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def describe(self) -> Iterator[Any]:
+        return iter(usage_families())
+
     def collect(self) -> Iterator[Any]:
-        labels = ["tenant", "model"]
-        calls = CounterMetricFamily("llmq_usage_calls", "Provider calls by tenant and model", labels=labels)
-        failures = CounterMetricFamily(
-            "llmq_usage_failures", "Failed provider calls by tenant and model", labels=labels
-        )
-        tokens = CounterMetricFamily(
-            "llmq_usage_tokens",
-            "Tokens billed by tenant, model and type (input counts cached and cache_write too)",
-            labels=[*labels, "type"],
-        )
-        cost = CounterMetricFamily(
-            "llmq_usage_cost_usd", "US dollars billed by tenant and model", labels=labels
-        )
+        calls, failures, tokens, cost = families = usage_families()
         with self.db.session() as session:
             for tenant, model, counters in usage_totals(session):
                 calls.add_metric([tenant, model], counters["calls"])
@@ -71,7 +62,21 @@ class UsageCollector(Collector):
                 for column, kind in _TOKEN_TYPES.items():
                     tokens.add_metric([tenant, model, kind], counters[column])
                 cost.add_metric([tenant, model], float(counters["cost_usd"]))
-        yield from (calls, failures, tokens, cost)
+        return iter(families)
+
+
+def usage_families() -> list[CounterMetricFamily]:
+    labels = ["tenant", "model"]
+    return [
+        CounterMetricFamily("llmq_usage_calls", "Provider calls by tenant and model", labels=labels),
+        CounterMetricFamily("llmq_usage_failures", "Failed calls by tenant and model", labels=labels),
+        CounterMetricFamily(
+            "llmq_usage_tokens",
+            "Tokens billed by tenant, model and type (input counts cached and cache_write too)",
+            labels=[*labels, "type"],
+        ),
+        CounterMetricFamily("llmq_usage_cost_usd", "US dollars billed by tenant and model", labels=labels),
+    ]
 
 
 def init_metrics(app: Flask, db: Database) -> None:
