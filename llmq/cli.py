@@ -221,7 +221,12 @@ def api(workers: int | None) -> None:
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option("--pool", "-P", default=None, help="Celery pool [default: threads]")
 @click.option("--name", "-n", default=None)
-def worker(queues: str, concurrency: int | None, pool: str | None, name: str | None) -> None:
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve /metrics here (LLMQ_METRICS_PORT; 0: off)."
+)
+def worker(
+    queues: str, concurrency: int | None, pool: str | None, name: str | None, metrics_port: int | None
+) -> None:
     """Run a Celery worker.
 
     The pool is ``threads``. An LLM worker's task only claims its job and starts the call on the
@@ -257,7 +262,8 @@ def worker(queues: str, concurrency: int | None, pool: str | None, name: str | N
             "--without-mingle",
             "--loglevel",
             settings.log_level,
-        ]
+        ],
+        None if metrics_port is None else {"LLMQ_METRICS_PORT": str(metrics_port)},
     )
 
 

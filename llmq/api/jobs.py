@@ -24,6 +24,7 @@ from llmq.models.tables import Job, job_public
 from llmq.tasks.enqueue import try_enqueue_job, try_enqueue_webhook
 from llmq.tasks.inflight import publish_cancel
 from llmq.webhooks.ssrf import BlockedDestination, check_at_submit
+from llmq.workers.metrics import job_submitted
 from llmq.workers.progress import show_live_progress
 
 logger = structlog.get_logger(__name__)
@@ -125,6 +126,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         return jsonify(payload), 200, {"Location": location}
     # The row is committed, so the job is durable: the database is the outbox. If the broker cannot
     # take the message now, the job is marked never-enqueued and the sweeper enqueues it later.
+    job_submitted()
     if not try_enqueue_job(payload["id"]):
         try:
             with _db().transaction() as session:

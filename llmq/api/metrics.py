@@ -1,10 +1,12 @@
-"""Prometheus metrics for ``/metrics``.
+"""Prometheus metrics for the API's ``/metrics``.
 
-Request counts and latencies are measured in the API process (multi-process aware under
-gunicorn when ``PROMETHEUS_MULTIPROC_DIR`` is set). Job and attempt counts are read from the
-database at scrape time: the database is the source of truth and sees every worker on every host.
-The usage counters by tenant and model (``llmq_usage_*_total``) are the rows of ``usage_totals``,
-kept by the workers with every ended attempt: one small query, never a scan of the jobs.
+Request counts and latencies, and the jobs submitted, are measured in the API process
+(multi-process aware under gunicorn when ``PROMETHEUS_MULTIPROC_DIR`` is set). What the fleet
+shares (queues, parked jobs, breakers, limits, budgets) is read at scrape time by
+``fleet.FleetCollector``, each read bounded. The usage counters by tenant and model
+(``llmq_usage_*_total``) are the rows of ``usage_totals``, kept by the workers with every ended
+attempt: one small query, never a scan of the jobs. Per-call, per-attempt and webhook counters
+come from each worker's own ``/metrics`` port (``workers/metrics.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from llmq.api.fleet import FleetCollector
 from llmq.models.db import Database
-from llmq.models.stats import attempts_by_outcome, deliveries_by_success, jobs_by_status
 from llmq.models.usage import usage_totals
+from llmq.workers import metrics
 
 _TOKEN_TYPES = {
     "prompt_tokens": "input",
@@ -41,53 +44,46 @@ LATENCY = Histogram(
 )
 
 
-class DatabaseCollector(Collector):
+class UsageCollector(Collector):
+    """The rows of ``usage_totals`` (a row per tenant and model) as counters."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def describe(self) -> Iterator[Any]:
+        return iter(usage_families())
+
     def collect(self) -> Iterator[Any]:
-        jobs = GaugeMetricFamily("llmq_jobs", "Jobs by status", labels=["status"])
-        attempts = CounterMetricFamily(
-            "llmq_provider_attempts",
-            "Provider attempts by provider and outcome",
-            labels=["provider", "outcome"],
-        )
-        deliveries = CounterMetricFamily(
-            "llmq_webhook_deliveries", "Webhook delivery attempts by result", labels=["success"]
-        )
-        labels = ["tenant", "model"]
-        calls = CounterMetricFamily("llmq_usage_calls", "Provider calls by tenant and model", labels=labels)
-        failures = CounterMetricFamily(
-            "llmq_usage_failures", "Failed provider calls by tenant and model", labels=labels
-        )
-        tokens = CounterMetricFamily(
-            "llmq_usage_tokens",
-            "Tokens billed by tenant, model and type (input counts cached and cache_write too)",
-            labels=[*labels, "type"],
-        )
-        cost = CounterMetricFamily(
-            "llmq_usage_cost_usd", "US dollars billed by tenant and model", labels=labels
-        )
+        calls, failures, tokens, cost = families = usage_families()
         with self.db.session() as session:
-            for status, count in jobs_by_status(session):
-                jobs.add_metric([status], count)
-            for provider, outcome, count in attempts_by_outcome(session):
-                attempts.add_metric([provider, outcome], count)
-            for success, count in deliveries_by_success(session):
-                deliveries.add_metric([str(bool(success)).lower()], count)
             for tenant, model, counters in usage_totals(session):
                 calls.add_metric([tenant, model], counters["calls"])
                 failures.add_metric([tenant, model], counters["failures"])
                 for column, kind in _TOKEN_TYPES.items():
                     tokens.add_metric([tenant, model, kind], counters[column])
                 cost.add_metric([tenant, model], float(counters["cost_usd"]))
-        yield jobs
-        yield attempts
-        yield deliveries
-        yield from (calls, failures, tokens, cost)
+        return iter(families)
+
+
+def usage_families() -> list[CounterMetricFamily]:
+    labels = ["tenant", "model"]
+    return [
+        CounterMetricFamily("llmq_usage_calls", "Provider calls by tenant and model", labels=labels),
+        CounterMetricFamily("llmq_usage_failures", "Failed calls by tenant and model", labels=labels),
+        CounterMetricFamily(
+            "llmq_usage_tokens",
+            "Tokens billed by tenant, model and type (input counts cached and cache_write too)",
+            labels=[*labels, "type"],
+        ),
+        CounterMetricFamily("llmq_usage_cost_usd", "US dollars billed by tenant and model", labels=labels),
+    ]
 
 
 def init_metrics(app: Flask, db: Database) -> None:
+    """Time every request; register the scrape-time collectors (the fleet's needs the app's Redis,
+    breakers and limiter, so it is made here, after ``create_app`` has put them in extensions)."""
+    metrics.set_enabled(app.extensions["llmq.settings"].metrics)
+
     @app.before_request
     def _start_timer() -> None:
         g.request_started = time.perf_counter()
@@ -101,7 +97,16 @@ def init_metrics(app: Flask, db: Database) -> None:
         REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
         return response
 
-    app.extensions["llmq.db_collector"] = DatabaseCollector(db)
+    app.extensions["llmq.collectors"] = [
+        UsageCollector(db),
+        FleetCollector(
+            db,
+            app.extensions["llmq.redis"],
+            app.extensions["llmq.providers"],
+            app.extensions["llmq.breakers"],
+            app.extensions["llmq.limiter"],
+        ),
+    ]
 
 
 def render_metrics(app: Flask) -> Response:
@@ -116,6 +121,7 @@ def render_metrics(app: Flask) -> Response:
         registry = REGISTRY
     body = generate_latest(registry)
     db_registry = CollectorRegistry()
-    db_registry.register(app.extensions["llmq.db_collector"])
+    for collector in app.extensions["llmq.collectors"]:
+        db_registry.register(collector)
     body += generate_latest(db_registry)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

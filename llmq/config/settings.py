@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+    # Prometheus: each worker process serves its own metrics on this port (0: none; with several
+    # workers on one host give each its own, `llmq worker --metrics-port`). ``metrics`` False
+    # stops all recording (workers and API), to measure what the metrics cost.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics: bool = True
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

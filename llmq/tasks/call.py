@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,6 +14,7 @@ from decimal import Decimal
 import structlog
 
 from llmq.models.records import Billed, CallFailure, CallResult, ClaimedJob
+from llmq.tasks import observe
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.workers.providers import ChatMessage, ProviderError, ProviderRequest, ProviderResponse
 from llmq.workers.providers.base import ProviderUsage
@@ -65,12 +67,14 @@ def start_call(
     request = _request_for(rt, claim, bare_model, now)
     if rt.inflight.shutting_down:
         return CallOutcome(interrupted=True)
-    on_progress = None
+    on_progress: Callable[[str, int], None] | None = None
     if rt.settings.stream:
         max_tokens = claim.max_tokens or rt.settings.default_max_tokens
 
-        def on_progress(text: str, tokens: int) -> None:
+        def report(text: str, tokens: int) -> None:
             rt.progress.report(claim.job_id, claim.lease_token, text, tokens, max_tokens)
+
+        on_progress = observe.first_token_timer(claim.model, report)
 
     started = time.monotonic()
     future = rt.submit(provider.complete(request, on_progress))

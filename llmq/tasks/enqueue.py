@@ -32,7 +32,13 @@ def enqueue_job(job_id: str, countdown: float | None = None) -> None:
 
 
 def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
-    celery_app.send_task("llmq.deliver_webhook", args=[event_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+    celery_app.send_task(
+        "llmq.deliver_webhook",
+        args=[event_id],
+        queue=WEBHOOK_QUEUE,
+        countdown=countdown,
+        headers={SENT_AT_HEADER: time.time()},  # the age of the oldest waiting one (``/metrics``)
+    )
 
 
 def try_enqueue_job(job_id: str, countdown: float | None = None) -> bool:

@@ -37,6 +37,7 @@ from llmq.models.records import CallResult, ClaimedJob, Completion, TransitionRe
 from llmq.models.recovery import expire_overdue
 from llmq.models.refuse import refuse_job
 from llmq.models.submit import job_exists
+from llmq.tasks import observe
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
 from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
@@ -105,10 +106,12 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
         return "parked"
     if isinstance(decision, Hit):
         _announce(rt, transition)
+        observe.job_ended("completed", "cache")
         logger.info("job_cache_hit", job_id=job_id)
         return "completed"
     if isinstance(decision, Refuse):
         _announce(rt, transition)
+        observe.job_ended("failed", "refused")
         logger.info("job_refused", job_id=job_id, error_type=decision.error_type)
         return "refused"
     logger.info("job_attempt_started", job_id=job_id, attempt=claim.attempt_number, model=claim.model)
@@ -131,6 +134,7 @@ def _finish(rt: WorkerRuntime, claim: ClaimedJob, go: Go, call: StartedCall) -> 
     handed_over = False
     try:
         outcome = outcome_of(rt, claim, call)
+        observe.call_ended(claim, outcome)
         _release(rt, go, outcome)
         if outcome.result is not None and rt.completions is not None:
             rt.completions.put((claim, go, outcome.result))
@@ -197,6 +201,7 @@ def _completed(
         logger.info("job_result_discarded", job_id=claim.job_id, attempt=claim.attempt_number)
         return
     _announce(rt, transition)
+    observe.job_ended("completed", "answered")
     if go.cache_key is not None:
         rt.cache.put(go.cache_key, _to_cache(result))
     logger.info(
@@ -244,6 +249,7 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
         _completed(rt, claim, go, outcome.result, transition)
         return what
     _announce(rt, transition)
+    observe.step_recorded(what, outcome)
     if delay is not None and _by_countdown(rt, delay):
         enqueue_job(claim.job_id, countdown=delay or None)
     # Longer waits stay parked in the database; the sweeper enqueues them when due.
@@ -283,6 +289,7 @@ def _not_claimed(rt: WorkerRuntime, job_id: str) -> str:
         known = expired.applied or job_exists(session, job_id)
     if expired.applied:
         _announce(rt, expired)
+        observe.job_ended("failed", "deadline")
         logger.info("job_deadline_passed", job_id=job_id)
         return "failed"
     if not known:

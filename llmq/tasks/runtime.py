@@ -35,6 +35,7 @@ from llmq.tasks.deliveries import write_deliveries
 from llmq.tasks.inflight import CallCapacity, CancelListener, InFlightCalls, LeaseKeeper
 from llmq.tasks.tenancy import TenantPolicies
 from llmq.webhooks.sender import DeliveryOutcome, webhook_session
+from llmq.workers import metrics
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.budgets import BudgetLedger
 from llmq.workers.cache import ResponseCache
@@ -111,6 +112,9 @@ class WorkerRuntime:
         self.progress.start()
         for name in self.registry.known_providers():  # create the SDK clients now, not mid-call
             self.registry.resolve(f"{name}/warm-up")
+        metrics.set_enabled(settings.metrics)
+        if metrics.serve_metrics(settings.metrics_port, lambda: len(self.capacity)):
+            logger.info("metrics_serving", port=settings.metrics_port)
         keep_startup_heap_out_of_gc()
 
     def _run_loop(self) -> None:

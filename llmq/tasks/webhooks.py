@@ -13,6 +13,7 @@ from celery import Task
 from llmq.models.base import utcnow
 from llmq.models.db import retry_on_database_outage
 from llmq.models.outbox import EventToSend, claim_event
+from llmq.tasks import observe
 from llmq.tasks.app import celery_app
 from llmq.tasks.deliveries import record_attempt
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
@@ -33,7 +34,7 @@ def deliver_event(rt: WorkerRuntime, event_id: str) -> str:
     else:
         post = post_event(rt.webhook_session, event, *prepared, timeout_s=settings.webhook_timeout_s)
         outcome = rt.run(post, timeout=settings.webhook_timeout_s + 5)
-    return _record_now(rt, event, outcome)
+    return _record_now(rt, event, observe.delivery_made(outcome))
 
 
 @retry_on_database_outage
@@ -49,7 +50,7 @@ def send_claimed(rt: WorkerRuntime, event: EventToSend) -> None:
     try:
         prepared = prepare(event, allow_private=rt.settings.webhook_allow_private)
         if isinstance(prepared, DeliveryOutcome):
-            rt.delivery_recorder.put((event, prepared))
+            rt.delivery_recorder.put((event, observe.delivery_made(prepared)))
             return
         post = post_event(rt.webhook_session, event, *prepared, timeout_s=rt.settings.webhook_timeout_s)
         future = rt.submit(post)
@@ -61,7 +62,7 @@ def send_claimed(rt: WorkerRuntime, event: EventToSend) -> None:
         if done.cancelled() or done.exception() is not None:
             rt.webhook_sends.give()  # the loop is stopping: the claim runs out, the sweeper resends
             return
-        rt.delivery_recorder.put((event, done.result()))
+        rt.delivery_recorder.put((event, observe.delivery_made(done.result())))
 
     future.add_done_callback(sent)
 

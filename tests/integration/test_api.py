@@ -216,7 +216,7 @@ def test_operations_endpoints(client: FlaskClient) -> None:
     text = metrics.get_data(as_text=True)
     assert metrics.status_code == 200
     assert "llmq_http_requests_total" in text and "llmq_http_request_duration_seconds" in text
-    assert "llmq_jobs{" in text and "llmq_provider_attempts_total" in text
+    assert "llmq_queue_depth{" in text and "llmq_jobs_submitted_total" in text
     unknown = client.get("/no/such/page")
     assert unknown.status_code == 404 and _error(unknown)["type"] == "not_found"
     wrong_method = client.delete("/v1/jobs")
