@@ -131,7 +131,9 @@ class TenantLimiter:
         """Count one request of ``scope`` against ``rpm``: None when it fits (it is counted),
         else the seconds until it would (it is not counted)."""
         result = self._admit(
-            keys=[*self._window_keys(scope, "req"), self._slots_key(scope), *self._line_keys(scope)],
+            # A line of its own, always empty (no job joins it): the jobs waiting in the tenant's
+            # line for its tokens or slots must not count against its requests at submit.
+            keys=[*self._window_keys(scope, "req"), self._slots_key(scope), *self._line_keys(f"{scope}:req")],
             args=self._args(rpm=rpm, tpm=0, tokens=0, member=uuid.uuid4().hex),
         )
         return None if int(result[0]) else int(result[1]) / _US
