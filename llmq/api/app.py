@@ -3,12 +3,10 @@ Sentry, metrics, error handlers and the blueprints. Nothing connects until a req
 
 from __future__ import annotations
 
-import uuid
-
-import structlog
-from flask import Flask, Response, g, request
+from flask import Flask
 
 from llmq.api import admin, jobs, limits, ops, providers, ui, usage
+from llmq.api.correlation import init_correlation
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
 from llmq.config.providers import provider_specs
@@ -18,6 +16,7 @@ from llmq.logs import configure_logging
 from llmq.models.db import Database
 from llmq.models.rollup import use_metadata_keys
 from llmq.observability.sentry import init_sentry, tag_job_requests
+from llmq.observability.tracing import init_tracing
 from llmq.tasks.app import configure_celery
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.ratelimit import fleet_limiter
@@ -28,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
     init_sentry(settings.sentry_dsn, component="api")
+    init_tracing("llmq-api")  # only with OTEL_EXPORTER_OTLP_ENDPOINT
     app = Flask("llmq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -44,17 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["llmq.limiter"] = fleet_limiter(redis_client, providers_config)
     configure_celery(settings)
 
-    @app.before_request
-    def _bind_request_id() -> None:
-        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=g.request_id)
-
-    @app.after_request
-    def _return_request_id(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        return response
-
+    init_correlation(app)  # request_id in every log line and X-Request-ID; the submit span
     tag_job_requests(app)
     init_metrics(app, db)
     register_error_handlers(app)

@@ -11,6 +11,7 @@ import structlog
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from llmq.api.auth import require_tenant
+from llmq.api.correlation import current_traceparent
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
 from llmq.api.tenant_limits import check_models_allowed, check_submit_rate
@@ -115,6 +116,8 @@ def submit() -> tuple[Response, int, dict[str, str]]:
                 idempotency_key=idempotency_key,
                 idempotency_ttl_s=settings.idempotency_ttl_s,
                 api_key_id=g.tenant.key_id,
+                request_id=g.request_id,
+                traceparent=current_traceparent(),
             )
             payload = job_public(job)
     except IdempotencyConflict:

@@ -21,7 +21,7 @@ from llmq.models.base import isoformat
 from llmq.models.db import as_arrays, on_postgres
 from llmq.models.state import WebhookEventStatus
 from llmq.models.statements import DELIVERIES, EVENTS
-from llmq.models.tables import Tenant, WebhookDelivery, WebhookEvent
+from llmq.models.tables import Job, Tenant, WebhookDelivery, WebhookEvent
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,19 @@ class EventToSend:
     payload: str
     secret: str
     attempt: int  # 1-based number of this attempt
+    # The job's correlation (None for a tenant event): its log lines and its delivery span.
+    job_id: str | None = None
+    request_id: str | None = None
+    traceparent: str | None = None
+
+
+# The event's job's correlation, read with the claim (a scalar subquery in its RETURNING list).
+_JOB_REQUEST_ID = (
+    select(Job.request_id).where(Job.id == WebhookEvent.job_id).scalar_subquery().label("request_id")
+)
+_JOB_TRACEPARENT = (
+    select(Job.traceparent).where(Job.id == WebhookEvent.job_id).scalar_subquery().label("traceparent")
+)
 
 
 def claim_event(
@@ -48,7 +61,15 @@ def claim_event(
             next_attempt_at=now + timedelta(seconds=hold_s),
             updated_at=now,
         )
-        .returning(WebhookEvent.url, WebhookEvent.payload, WebhookEvent.tenant_id, WebhookEvent.attempts)
+        .returning(
+            WebhookEvent.url,
+            WebhookEvent.payload,
+            WebhookEvent.tenant_id,
+            WebhookEvent.attempts,
+            WebhookEvent.job_id,
+            _JOB_REQUEST_ID,
+            _JOB_TRACEPARENT,
+        )
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
@@ -56,7 +77,14 @@ def claim_event(
     secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == row.tenant_id))
     assert secret is not None
     return EventToSend(
-        event_id=event_id, url=row.url, payload=row.payload, secret=secret, attempt=row.attempts
+        event_id=event_id,
+        url=row.url,
+        payload=row.payload,
+        secret=secret,
+        attempt=row.attempts,
+        job_id=row.job_id,
+        request_id=row.request_id,
+        traceparent=row.traceparent,
     )
 
 

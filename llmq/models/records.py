@@ -129,6 +129,9 @@ class ClaimedJob:
     # What the job's earlier attempts cost (its cost_usd when claimed): a job costs the sum of
     # its billed attempts, and nothing else writes the job while this worker holds its lease.
     spent_usd: Decimal | None = None
+    # Correlation: the submit's request_id (every log line of the job) and traceparent (its spans).
+    request_id: str | None = None
+    traceparent: str | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
 
 

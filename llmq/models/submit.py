@@ -50,6 +50,8 @@ def create_job(
     idempotency_key: str | None = None,
     idempotency_ttl_s: int = 86400,
     api_key_id: str | None = None,
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[Any, bool]:
     """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
     replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
@@ -66,6 +68,8 @@ def create_job(
             "id": new_id("job_"),
             "tenant_id": tenant_id,
             "api_key_id": api_key_id,
+            "request_id": request_id,
+            "traceparent": traceparent,
             "idempotency_key": idempotency_key,
             "request_fingerprint": fingerprint,
             "max_attempts": max_attempts,

@@ -110,6 +110,9 @@ class Job(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(40))  # the key it was submitted with
     # A call that does not fit the budget: fail the job (False) or wait for the next period.
     budget_wait: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # --- correlation (0006_request_id): the submit's X-Request-ID and W3C traceparent --------
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
     # --- routing: the model the next attempt uses (a fallback moves it along the chain) ---------
     current_model: Mapped[str | None] = mapped_column(String(200))

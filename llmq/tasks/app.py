@@ -113,10 +113,12 @@ def _on_worker_process_init(**_: object) -> None:
 def _on_worker_init(**_: object) -> None:
     from llmq.logs import configure_logging
     from llmq.observability.sentry import init_sentry
+    from llmq.observability.tracing import init_tracing
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     init_sentry(settings.sentry_dsn, component="worker")
+    init_tracing("llmq-worker")  # only with OTEL_EXPORTER_OTLP_ENDPOINT
 
 
 def _on_worker_ready(**_: object) -> None:

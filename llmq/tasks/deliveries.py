@@ -59,6 +59,7 @@ def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOu
             delay = (record.next_attempt_at - now).total_seconds()
         logger.info(
             "webhook_attempt",
+            **_correlation(record.event),
             event_id=record.event.event_id,
             attempt=record.event.attempt,
             status_code=record.status_code,
@@ -68,3 +69,9 @@ def write_deliveries(rt: WorkerRuntime, sent: list[tuple[EventToSend, DeliveryOu
         if delay is not None and delay <= settings.max_countdown_s:
             try_enqueue_webhook(record.event.event_id, countdown=delay)
     return statuses
+
+
+def _correlation(event: EventToSend) -> dict[str, str]:
+    """The event's job ids for its log line: the recorder writes many jobs' events per batch, on
+    its own thread, so they are passed per line rather than bound."""
+    return {k: v for k, v in (("job_id", event.job_id), ("request_id", event.request_id)) if v}

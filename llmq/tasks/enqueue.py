@@ -16,6 +16,7 @@ import redis
 import structlog
 
 from llmq.tasks.app import LLM_QUEUE, WEBHOOK_QUEUE, celery_app
+from llmq.tasks.spans import message_headers
 
 SENT_AT_HEADER = "llmq_sent_at"
 logger = structlog.get_logger(__name__)
@@ -27,7 +28,7 @@ def enqueue_job(job_id: str, countdown: float | None = None) -> None:
         args=[job_id],
         queue=LLM_QUEUE,
         countdown=countdown,
-        headers={SENT_AT_HEADER: time.time()},
+        headers={SENT_AT_HEADER: time.time(), **message_headers()},
     )
 
 

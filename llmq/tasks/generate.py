@@ -37,10 +37,10 @@ from llmq.models.records import CallResult, ClaimedJob, Completion, TransitionRe
 from llmq.models.recovery import expire_overdue
 from llmq.models.refuse import refuse_job
 from llmq.models.submit import job_exists
-from llmq.tasks import observe
+from llmq.tasks import observe, spans
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import CallOutcome, StartedCall, outcome_of, start_call
-from llmq.tasks.enqueue import enqueue_job, enqueue_webhook
+from llmq.tasks.enqueue import SENT_AT_HEADER, enqueue_job, enqueue_webhook
 from llmq.tasks.gate import CallEnd, Go, Hit, Park, Refuse, after_call, gate, model_chain
 from llmq.tasks.policy import after_failure
 from llmq.tasks.runtime import WorkerRuntime, get_runtime, use_completion_recorder
@@ -50,13 +50,13 @@ from llmq.workers.cache import CachedAnswer
 logger = structlog.get_logger(__name__)
 
 
-def execute_job(rt: WorkerRuntime, job_id: str) -> str:
+def execute_job(rt: WorkerRuntime, job_id: str, sent_at: float | None = None) -> str:
     """Claim a job and start its call, or park it, or answer it from the cache. Returns what
-    happened, for logs and tests."""
+    happened, for logs and tests. ``sent_at``: when its message was sent (its queue-wait span)."""
     rt.capacity.take()
     started = False
     try:
-        what = _claim_and_start(rt, job_id)
+        what = _claim_and_start(rt, job_id, sent_at)
         started = what == "started"
         return what
     finally:
@@ -64,7 +64,7 @@ def execute_job(rt: WorkerRuntime, job_id: str) -> str:
             rt.capacity.give()
 
 
-def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
+def _claim_and_start(rt: WorkerRuntime, job_id: str, sent_at: float | None = None) -> str:
     now = utcnow()
     with rt.db.transaction() as session:
         claim = claim_job(
@@ -77,6 +77,8 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
         )
         if claim is not None:
             rt.policies.get(claim.tenant_id, claim.api_key_id, session)  # read in this connection
+            spans.bind_claim(claim)
+            spans.queue_wait(claim, sent_at)
             decision = gate(rt, claim)
             if isinstance(decision, Park):
                 enqueued = _by_countdown(rt, decision.delay_s)
@@ -105,12 +107,12 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
         logger.info("job_parked", job_id=job_id, reason=decision.reason, wait_s=round(decision.delay_s, 3))
         return "parked"
     if isinstance(decision, Hit):
-        _announce(rt, transition)
+        _announce(rt, transition, claim)
         observe.job_ended("completed", "cache")
         logger.info("job_cache_hit", job_id=job_id)
         return "completed"
     if isinstance(decision, Refuse):
-        _announce(rt, transition)
+        _announce(rt, transition, claim)
         observe.job_ended("failed", "refused")
         logger.info("job_refused", job_id=job_id, error_type=decision.error_type)
         return "refused"
@@ -118,6 +120,7 @@ def _claim_and_start(rt: WorkerRuntime, job_id: str) -> str:
     slot = (decision.model, decision.slot_holder) if decision.slot_holder is not None else None
     call = start_call(rt, claim, utcnow(), slot=slot)
     if isinstance(call, CallOutcome):  # could not start: record it here and now
+        spans.attempt(claim, call)
         _release(rt, decision, call, sent=False)
         _record(rt, claim, decision, call)
         return "not_started"
@@ -131,10 +134,12 @@ def _finish(rt: WorkerRuntime, claim: ClaimedJob, go: Go, call: StartedCall) -> 
     others that ended meanwhile), anything else here. A failure here leaves the job to its lease
     (the sweeper recovers it)."""
     structlog.contextvars.bind_contextvars(job_id=claim.job_id)
+    spans.bind_claim(claim)
     handed_over = False
     try:
         outcome = outcome_of(rt, claim, call)
         observe.call_ended(claim, outcome)
+        spans.attempt(claim, outcome)
         _release(rt, go, outcome)
         if outcome.result is not None and rt.completions is not None:
             rt.completions.put((claim, go, outcome.result))
@@ -147,7 +152,7 @@ def _finish(rt: WorkerRuntime, claim: ClaimedJob, go: Go, call: StartedCall) -> 
     finally:
         if not handed_over:
             _forget(rt, claim)
-        structlog.contextvars.unbind_contextvars("job_id")
+        structlog.contextvars.unbind_contextvars("job_id", "request_id")
 
 
 def _forget(rt: WorkerRuntime, claim: ClaimedJob) -> None:
@@ -175,7 +180,8 @@ def record_completions(rt: WorkerRuntime, batch: list[tuple[ClaimedJob, Go, Call
         return
     for (claim, go, result), transition in zip(batch, ended, strict=True):
         try:
-            _completed(rt, claim, go, result, transition)
+            with spans.job_context(claim.job_id, claim.request_id):
+                _completed(rt, claim, go, result, transition)
         except Exception as exc:
             logger.error("job_finish_failed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
         finally:
@@ -187,7 +193,8 @@ use_completion_recorder(record_completions)
 
 def _record_alone(rt: WorkerRuntime, claim: ClaimedJob, go: Go, result: CallResult) -> None:
     try:
-        _record(rt, claim, go, CallOutcome(result=result, latency_ms=result.latency_ms))
+        with spans.job_context(claim.job_id, claim.request_id):
+            _record(rt, claim, go, CallOutcome(result=result, latency_ms=result.latency_ms))
     except Exception as exc:
         logger.error("job_finish_failed", job_id=claim.job_id, error=type(exc).__name__, exc_info=exc)
     finally:
@@ -200,7 +207,7 @@ def _completed(
     if not transition.applied:
         logger.info("job_result_discarded", job_id=claim.job_id, attempt=claim.attempt_number)
         return
-    _announce(rt, transition)
+    _announce(rt, transition, claim)
     observe.job_ended("completed", "answered")
     if go.cache_key is not None:
         rt.cache.put(go.cache_key, _to_cache(result))
@@ -248,7 +255,7 @@ def _record(rt: WorkerRuntime, claim: ClaimedJob, go: Go, outcome: CallOutcome) 
     if outcome.result is not None:
         _completed(rt, claim, go, outcome.result, transition)
         return what
-    _announce(rt, transition)
+    _announce(rt, transition, claim)
     observe.step_recorded(what, outcome)
     if delay is not None and _by_countdown(rt, delay):
         enqueue_job(claim.job_id, countdown=delay or None)
@@ -273,11 +280,11 @@ def _release(rt: WorkerRuntime, go: Go, outcome: CallOutcome, *, sent: bool = Tr
     after_call(rt, go, CallEnd(sent=sent, transient_failure=transient, total_tokens=tokens, cost_usd=cost))
 
 
-def _announce(rt: WorkerRuntime, transition: TransitionResult) -> None:
+def _announce(rt: WorkerRuntime, transition: TransitionResult, claim: ClaimedJob | None = None) -> None:
     """Send the webhooks of a job that just ended: events this worker claimed in the same
     transaction go out from here, on the event loop; any other goes to the webhooks queue."""
     for event in transition.events:
-        send_claimed(rt, event)
+        send_claimed(rt, spans.for_job(event, claim))
     for event_id in transition.event_ids:
         enqueue_webhook(event_id)
 
@@ -376,4 +383,5 @@ def _by_countdown(rt: WorkerRuntime, delay_s: float | None) -> bool:
     ignore_result=True,
 )
 def generate(self: Task, job_id: str) -> str:
-    return execute_job(get_runtime(), job_id)
+    with spans.job_context(job_id, spans.header(self.request, spans.REQUEST_ID_HEADER)):
+        return execute_job(get_runtime(), job_id, sent_at=spans.header(self.request, SENT_AT_HEADER))

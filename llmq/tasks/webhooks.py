@@ -13,7 +13,7 @@ from celery import Task
 from llmq.models.base import utcnow
 from llmq.models.db import retry_on_database_outage
 from llmq.models.outbox import EventToSend, claim_event
-from llmq.tasks import observe
+from llmq.tasks import observe, spans
 from llmq.tasks.app import celery_app
 from llmq.tasks.deliveries import record_attempt
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
@@ -28,13 +28,15 @@ def deliver_event(rt: WorkerRuntime, event_id: str) -> str:
         event = claim_event(session, event_id, now=utcnow(), hold_s=settings.webhook_timeout_s + 30)
     if event is None:
         return "skipped"
-    prepared = prepare(event, allow_private=settings.webhook_allow_private)
-    if isinstance(prepared, DeliveryOutcome):
-        outcome = prepared
-    else:
-        post = post_event(rt.webhook_session, event, *prepared, timeout_s=settings.webhook_timeout_s)
-        outcome = rt.run(post, timeout=settings.webhook_timeout_s + 5)
-    return _record_now(rt, event, observe.delivery_made(outcome))
+    with spans.job_context(event.job_id, event.request_id):
+        prepared = prepare(event, allow_private=settings.webhook_allow_private)
+        if isinstance(prepared, DeliveryOutcome):
+            outcome = prepared
+        else:
+            post = post_event(rt.webhook_session, event, *prepared, timeout_s=settings.webhook_timeout_s)
+            outcome = rt.run(post, timeout=settings.webhook_timeout_s + 5)
+        spans.delivery(event, outcome)
+        return _record_now(rt, event, observe.delivery_made(outcome))
 
 
 @retry_on_database_outage
@@ -50,6 +52,7 @@ def send_claimed(rt: WorkerRuntime, event: EventToSend) -> None:
     try:
         prepared = prepare(event, allow_private=rt.settings.webhook_allow_private)
         if isinstance(prepared, DeliveryOutcome):
+            spans.delivery(event, prepared)
             rt.delivery_recorder.put((event, observe.delivery_made(prepared)))
             return
         post = post_event(rt.webhook_session, event, *prepared, timeout_s=rt.settings.webhook_timeout_s)
@@ -62,6 +65,7 @@ def send_claimed(rt: WorkerRuntime, event: EventToSend) -> None:
         if done.cancelled() or done.exception() is not None:
             rt.webhook_sends.give()  # the loop is stopping: the claim runs out, the sweeper resends
             return
+        spans.delivery(event, done.result())
         rt.delivery_recorder.put((event, observe.delivery_made(done.result())))
 
     future.add_done_callback(sent)

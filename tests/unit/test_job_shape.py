@@ -67,6 +67,8 @@ def completed_job() -> SimpleNamespace:
         priority="bulk",
         api_key_id="key_1",
         budget_wait=True,
+        request_id="req-1",
+        traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
         current_model="openai/gpt-4o-mini",
         model_attempts=2,
         attempts=2,
