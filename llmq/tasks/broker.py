@@ -24,7 +24,17 @@ def _create_client(self: Any, asynchronous: bool = False) -> Any:
     if asynchronous:
         return _build_client(self, asynchronous=True)
     client = self.__dict__.get("_llmq_client")
-    if client is None or client.connection_pool is not self.pool:
+    try:
+        pool = self.pool
+    except AttributeError:
+        # The channel is being closed after its connection died (a Redis or Sentinel failover):
+        # kombu can no longer build a pool (its connection info is gone) but still gives the
+        # unacked messages back through a client. The one it had still reaches Redis (a
+        # Sentinel-managed pool finds the new master); without one, kombu's own error stands.
+        if client is None:
+            raise
+        return client
+    if client is None or client.connection_pool is not pool:
         client = self.__dict__["_llmq_client"] = _build_client(self)
     return client
 
