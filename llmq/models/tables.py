@@ -220,7 +220,20 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class UsageRollup(Base):
+class UsageCounters:
+    """The counters a rollup row and a totals row both keep (one definition, so the two tables
+    and the upserts that add to them cannot drift apart)."""
+
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), default=Decimal(0))
+
+
+class UsageRollup(UsageCounters, Base):
     """Usage per tenant, UTC day, model, end user, key and the rolled-up metadata keys, kept
     current in the transaction that ends each attempt: ``GET /v1/usage`` sums these rows, never
     the jobs. The empty string stands for "none" in the key columns (they are part of the unique
@@ -240,16 +253,9 @@ class UsageRollup(Base):
     end_user: Mapped[str] = mapped_column(String(128), default="")
     api_key_id: Mapped[str] = mapped_column(String(40), default="")
     dims: Mapped[str] = mapped_column(String(1024), default="")  # canonical JSON of metadata keys
-    calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    failures: Mapped[int] = mapped_column(BigInteger, default=0)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), default=Decimal(0))
 
 
-class UsageTotal(Base):
+class UsageTotal(UsageCounters, Base):
     """Running totals per tenant and model since the start: the Prometheus counters, read at a
     scrape in one small query (a row per tenant and model, never a scan of the jobs)."""
 
@@ -257,13 +263,6 @@ class UsageTotal(Base):
 
     tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    failures: Mapped[int] = mapped_column(BigInteger, default=0)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 8), default=Decimal(0))
 
 
 class BudgetAlert(Base):
