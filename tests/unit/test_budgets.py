@@ -7,18 +7,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
 from llmq.config.providers_file import ModelConfig, ModelPrice, ProvidersConfig
-from llmq.config.settings import Settings
 from llmq.models.records import ClaimedJob
 from llmq.models.tenants import TenantPolicy
 from llmq.tasks.gate import CallEnd, Go, Park, Refuse, after_call, gate
-from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.budgets import (
     BudgetLedger,
     Period,
@@ -28,12 +25,9 @@ from llmq.workers.budgets import (
     to_usd,
     worst_case_units,
 )
-from llmq.workers.cache import ResponseCache
-from llmq.workers.pricing import PriceTable
-from llmq.workers.ratelimit import RateLimiter
-from llmq.workers.tenantlimit import TenantLimiter
 from llmq.workers.tokens import estimate_input_tokens
 from tests.sync import done
+from tests.unit.gate_runtime import gate_runtime
 
 NOW = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)
 PERIOD = period_of("month", NOW)
@@ -225,18 +219,7 @@ def _runtime(client: redis.Redis, policy: TenantPolicy | None) -> Any:
     providers = ProvidersConfig(
         models={MODEL: ModelConfig(input_usd_per_mtok=Decimal(10), output_usd_per_mtok=Decimal(30))}
     )
-    return SimpleNamespace(
-        settings=Settings(),
-        providers=providers,
-        prices=PriceTable.from_config(providers),
-        limiter=RateLimiter(client, providers, window_s=30.0),
-        breakers=CircuitBreakers(client, providers),
-        cache=ResponseCache(client, providers.cache),
-        budgets=BudgetLedger(client),
-        tenant_limiter=TenantLimiter(client),
-        policies=SimpleNamespace(get=lambda tenant_id, key_id: policy),
-        db=None,  # every account below is seeded before the stage looks
-    )
+    return gate_runtime(client, providers, lambda tenant_id, key_id: policy)
 
 
 def _claim(job_id: str, *, wait: bool = False, max_tokens: int = 100) -> ClaimedJob:

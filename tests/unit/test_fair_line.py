@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import random
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import redis
 
 from llmq.config.providers_file import ModelConfig, ProvidersConfig
-from llmq.config.settings import Settings
 from llmq.models.records import ClaimedJob
 from llmq.models.tenants import TenantPolicy
 from llmq.tasks.gate import Go, Park, gate
-from llmq.workers.breaker import CircuitBreakers
-from llmq.workers.cache import ResponseCache
 from llmq.workers.ratelimit import RPM_WAIT_WINDOWS_MAX, RateLimiter
-from llmq.workers.tenantlimit import TenantLimiter
+from tests.unit.gate_runtime import gate_runtime
 
 MODEL = "sim/fair"
 
@@ -208,15 +204,7 @@ def _claim(job_id: str, tenant: str, priority: str = "interactive") -> ClaimedJo
 def test_the_gate_passes_each_jobs_tenant_weight_and_priority(rdb: redis.Redis) -> None:
     providers = ProvidersConfig(models={MODEL: ModelConfig(concurrency=1)})
     weights = {"ten_free": 1, "ten_pro": 4}
-    rt: Any = SimpleNamespace(
-        settings=Settings(),
-        providers=providers,
-        limiter=RateLimiter(rdb, providers, window_s=30.0),
-        breakers=CircuitBreakers(rdb, providers),
-        cache=ResponseCache(rdb, providers.cache),
-        policies=SimpleNamespace(get=lambda tenant, key: _policy(tenant, weights[tenant])),
-        tenant_limiter=TenantLimiter(rdb),
-    )
+    rt = gate_runtime(rdb, providers, lambda tenant, key: _policy(tenant, weights[tenant]))
     assert isinstance(gate(rt, _claim("first", "ten_free")), Go)
     for i in range(5):
         assert isinstance(gate(rt, _claim(f"free{i}", "ten_free", "bulk")), Park)

@@ -3,7 +3,6 @@ stage refuses the model, and a call that never reached the provider costs no req
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,26 +14,14 @@ from llmq.models.records import ClaimedJob
 from llmq.tasks import gate as gate_module
 from llmq.tasks.gate import CallEnd, Go, Park, after_call, gate
 from llmq.tasks.gate.stages import Refusal, Ticket
-from llmq.workers.breaker import CircuitBreakers
-from llmq.workers.cache import ResponseCache
-from llmq.workers.ratelimit import RateLimiter
-from llmq.workers.tenantlimit import TenantLimiter
 from llmq.workers.tokens import estimate_input_tokens
+from tests.unit.gate_runtime import gate_runtime
 
 MODEL = "sim/gated"
 
 
 def _runtime(client: redis.Redis, **model: Any) -> Any:
-    providers = ProvidersConfig(models={MODEL: ModelConfig(**model)})
-    return SimpleNamespace(
-        settings=Settings(),
-        providers=providers,
-        limiter=RateLimiter(client, providers, window_s=30.0),
-        breakers=CircuitBreakers(client, providers),
-        cache=ResponseCache(client, providers.cache),
-        policies=SimpleNamespace(get=lambda tenant_id, key_id: None),  # no tenant limits or budgets
-        tenant_limiter=TenantLimiter(client),
-    )
+    return gate_runtime(client, ProvidersConfig(models={MODEL: ModelConfig(**model)}))
 
 
 def _claim(job_id: str) -> ClaimedJob:

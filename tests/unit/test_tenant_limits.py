@@ -4,23 +4,19 @@ each counted in the scope that set it, and given back when a later stage refuses
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
 from llmq.config.providers_file import ModelConfig, ProvidersConfig
-from llmq.config.settings import Settings
 from llmq.models.records import ClaimedJob
 from llmq.models.tenants import TenantPolicy
 from llmq.tasks import gate as gate_module
 from llmq.tasks.gate import CallEnd, Go, Park, after_call, gate
 from llmq.tasks.gate.stages import Refusal, Ticket
-from llmq.workers.breaker import CircuitBreakers
-from llmq.workers.cache import ResponseCache
-from llmq.workers.ratelimit import RateLimiter
 from llmq.workers.tenantlimit import TenantLimiter, scope_of
+from tests.unit.gate_runtime import gate_runtime
 
 MODEL = "sim/tenanted"
 
@@ -45,14 +41,8 @@ def _policy(**limits: Any) -> TenantPolicy:
 
 def _runtime(client: redis.Redis, policies: dict[str | None, TenantPolicy]) -> Any:
     providers = ProvidersConfig(models={MODEL: ModelConfig()})
-    return SimpleNamespace(
-        settings=Settings(),
-        providers=providers,
-        limiter=RateLimiter(client, providers, window_s=30.0),
-        breakers=CircuitBreakers(client, providers),
-        cache=ResponseCache(client, providers.cache),
-        policies=SimpleNamespace(get=lambda tenant_id, key_id: policies.get(key_id)),
-        tenant_limiter=TenantLimiter(client, lease_s=30.0),
+    return gate_runtime(
+        client, providers, lambda tenant_id, key_id: policies.get(key_id), tenant_lease_s=30.0
     )
 
 
