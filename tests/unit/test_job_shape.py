@@ -81,7 +81,9 @@ def completed_job() -> SimpleNamespace:
         result_text="hello",
         finish_reason="tool_calls",
         result_extra={
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
             "choices": [
                 {
                     "index": 0,
