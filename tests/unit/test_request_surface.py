@@ -309,3 +309,13 @@ def test_submit_check_looks_at_both_models_auto_may_choose() -> None:
     with pytest.raises(ApiError, match="'auto' may route to it"):
         check_providers_can_serve(_specs(), ProvidersConfig(routing=routing), ["auto"], {"n": 2})
     check_providers_can_serve(_specs(), ProvidersConfig(routing=routing), ["auto"], {"stop": ["x"]})
+
+
+def test_the_job_page_shows_parts_and_tool_turns_as_text() -> None:
+    from llmq.api.ui import _shown
+
+    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]
+    assert _shown({"role": "user", "content": parts}) == {"role": "user", "content": "look\n[image]"}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    assert _shown({"role": "assistant", "tool_calls": [call]})["content"] == '[tool call f({"a":1})]'
+    assert _shown({"role": "tool", "tool_call_id": "c1", "content": "ok"})["content"] == "[result of c1]\nok"
