@@ -80,6 +80,7 @@ def test_response_format_text_is_the_default_and_not_stored() -> None:
         {"tools": [TOOL, TOOL]},
         {"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": [TOOL]},
         {"tool_choice": "required"},
+        {"tool_choice": "none"},
         {"stop": ["a", "b", "c", "d", "e"]},
         {"stop": ""},
         {"seed": 1.5},
