@@ -164,7 +164,7 @@ def _celery(env: dict[str, str]) -> Any:
 @pytest.fixture(scope="module")
 def hosts_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     providers = _providers_file(tmp_path_factory.mktemp("hosts") / "providers.toml")
-    redis_url = os.environ.get("LLMQ_TEST_HOSTS_REDIS_URL") or settings.broker_url.rsplit("/", 1)[0] + "/7"
+    redis_url = os.environ.get("LLMQ_TEST_HOSTS_REDIS_URL") or settings.broker_url.rsplit("/", 1)[0] + "/6"
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
