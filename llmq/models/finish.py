@@ -109,6 +109,8 @@ def _result_values(result: CallResult, spent_usd: Decimal | None = None) -> dict
         "served_by": result.served_by,
         "cached": result.cached,
         "degraded": result.degraded,
+        "via_batch": result.via_batch,
+        "batch_saved_usd": result.batch_saved_usd,
     }
 
 
@@ -161,6 +163,8 @@ _BATCH_INPUTS = {
     "served_by": "text",
     "cached": "boolean",
     "degraded": "boolean",
+    "via_batch": "boolean",
+    "batch_saved_usd": "numeric",
     "outcome": "text",
     "http_status": "integer",
     "latency_ms": "integer",

@@ -65,7 +65,7 @@ class Go:
 @dataclass(frozen=True)
 class Park:
     delay_s: float
-    reason: str  # rate_limited | circuit_open | tenant_limited | budget
+    reason: str  # rate_limited | circuit_open | tenant_limited | budget | provider_batch
     until: datetime | None = None  # when the wait ends, when known exactly (else now + delay_s)
 
 
@@ -111,7 +111,7 @@ class CallEnd:
 
 
 class JobStage(Protocol):
-    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Hit | None: ...
+    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Hit | Park | None: ...
 
 
 class ModelStage(Protocol):

@@ -1,0 +1,46 @@
+"""The provider-batch stage: a bulk job that will go through its provider's batch API (half the
+price, hours not seconds) is parked to wait for the gatherer (``tasks/provider_batches.py``)
+instead of being called now.
+
+It applies when ``[provider_batches]`` covers the job's provider (``config/provider_batches.py``:
+enabled, OpenAI or Anthropic itself), the job is ``bulk``, is on the model it asked for (not a
+fallback, not "auto"), has not been in a provider batch before, and its tenant has no budget
+(a budget is reserved before a call and settled after it, and a batch may take 24 hours: such
+jobs keep the normal path). The job waits ``queued`` with ``wait_reason = "provider_batch"``
+until ``fallback_after_s`` after its submission: if no batch took it by then (beat stopped,
+batching broken), the sweeper sends it again and it runs by the normal path.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from llmq.models.base import utcnow
+from llmq.models.provider_batches import WAITING
+from llmq.tasks.gate.stages import Park, Ticket
+
+if TYPE_CHECKING:
+    from llmq.tasks.runtime import WorkerRuntime
+
+
+class ProviderBatchStage:
+    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Park | None:
+        claim = ticket.claim
+        config = rt.providers.provider_batches
+        if not config.enabled or claim.priority != "bulk" or claim.provider_batch_id is not None:
+            return None
+        model = ticket.candidates[0] if ticket.candidates else claim.model
+        if model != claim.model or claim.created_at is None:
+            return None
+        provider = model.split("/", 1)[0]
+        if not config.covers(provider) or rt.registry.batch_api(provider) is None:
+            return None
+        now = utcnow()
+        until = claim.created_at + timedelta(seconds=config.fallback_after_s)
+        if until <= now:
+            return None  # waited its time: the normal path
+        policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
+        if policy is not None and policy.has_budget:
+            return None
+        return Park(delay_s=(until - now).total_seconds(), reason=WAITING, until=until)
