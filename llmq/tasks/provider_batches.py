@@ -25,7 +25,7 @@ A Redis lock keeps it to one run at a time; the compare-and-sets make two runs h
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -135,7 +135,7 @@ def send_pending(rt: WorkerRuntime) -> int:
         with rt.db.transaction() as session:
             mine = move(session, batch.id, BatchState.GATHERED, state=BatchState.SENDING, updated_at=now)
         if mine:
-            sent += send_batch(rt, batch)
+            sent += _guarded(send_batch, rt, batch)
     stale_before = now - timedelta(seconds=config.step_timeout_s)
     for batch in stale:
         if batch.updated_at >= stale_before:
@@ -143,8 +143,22 @@ def send_pending(rt: WorkerRuntime) -> int:
         with rt.db.transaction() as session:
             mine = take_over_stale(session, batch.id, BatchState.SENDING, stale_before=stale_before, now=now)
         if mine:
-            sent += resume_batch(rt, batch)
+            sent += _guarded(resume_batch, rt, batch)
     return sent
+
+
+def _guarded(
+    step: Callable[[WorkerRuntime, ProviderBatch], int], rt: WorkerRuntime, batch: ProviderBatch
+) -> int:
+    """One batch's step; an error is logged and leaves the batch where it is (a half-sent one
+    is resumed after ``step_timeout_s``, a submitted one polled again), the others go on."""
+    try:
+        return step(rt, batch)
+    except Exception as exc:
+        logger.error(
+            "provider_batch_step_failed", batch_id=batch.id, state=batch.state, error=type(exc).__name__
+        )
+        return 0
 
 
 def _lines(rt: WorkerRuntime, claims: list[ClaimedJob]) -> list[BatchLine]:
@@ -237,48 +251,50 @@ def _abandon(rt: WorkerRuntime, batch: ProviderBatch, why: str) -> None:
 
 def poll_due(rt: WorkerRuntime) -> int:
     """Poll every submitted batch that is due; the number that ended (results written)."""
-    config = rt.providers.provider_batches
     now = utcnow()
     ended = 0
     with rt.db.session() as session:
         due = batches_in(session, BatchState.SUBMITTED, due_by=now)
     for batch in due:
-        assert batch.remote_id is not None
-        api = _api(rt, batch.provider)
-        try:
-            remote = _call(rt, api.retrieve(batch.remote_id))
-        except Exception as exc:  # the provider is away: poll again later; the leases hold
-            logger.warning("provider_batch_poll_failed", batch_id=batch.id, error=type(exc).__name__)
-            continue
-        with rt.db.transaction() as session:
-            renew_batch_leases(session, batch, until=now + timedelta(seconds=config.lease_s), now=now)
-            if not remote.ended:
-                move(
-                    session,
-                    batch.id,
-                    BatchState.SUBMITTED,
-                    remote_status=remote.status,
-                    next_poll_at=now + timedelta(seconds=config.poll_interval_s),
-                    updated_at=now,
-                )
+        ended += _guarded(poll_batch, rt, batch)
+    return ended
+
+
+def poll_batch(rt: WorkerRuntime, batch: ProviderBatch) -> int:
+    """Poll one submitted batch; 1 when it has ended and its results are written."""
+    config = rt.providers.provider_batches
+    now = utcnow()
+    assert batch.remote_id is not None
+    api = _api(rt, batch.provider)
+    remote = _call(rt, api.retrieve(batch.remote_id))  # failing: polled again at the next run
+    with rt.db.transaction() as session:
+        renew_batch_leases(session, batch, until=now + timedelta(seconds=config.lease_s), now=now)
         if not remote.ended:
-            continue
-        write_results(rt, batch, _call(rt, api.results(remote)))
-        with rt.db.transaction() as session:
             move(
                 session,
                 batch.id,
                 BatchState.SUBMITTED,
-                state=BatchState.ENDED,
                 remote_status=remote.status,
-                output_file_id=remote.output_file_id,
-                error_file_id=remote.error_file_id,
-                ended_at=utcnow(),
-                updated_at=utcnow(),
+                next_poll_at=now + timedelta(seconds=config.poll_interval_s),
+                updated_at=now,
             )
-        ended += 1
-        logger.info("provider_batch_ended", batch_id=batch.id, remote_status=remote.status)
-    return ended
+    if not remote.ended:
+        return 0
+    write_results(rt, batch, _call(rt, api.results(remote)))
+    with rt.db.transaction() as session:
+        move(
+            session,
+            batch.id,
+            BatchState.SUBMITTED,
+            state=BatchState.ENDED,
+            remote_status=remote.status,
+            output_file_id=remote.output_file_id,
+            error_file_id=remote.error_file_id,
+            ended_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    logger.info("provider_batch_ended", batch_id=batch.id, remote_status=remote.status)
+    return 1
 
 
 def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineResult]) -> dict[str, int]:
