@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from llmq.api.app import create_app
 from llmq.config.settings import Settings
@@ -34,6 +35,7 @@ from llmq.models.tables import Attempt, Job, ProviderBatch
 from llmq.models.tenants import create_key
 from llmq.tasks.provider_batches import gather_due, run_provider_batches
 from llmq.tasks.runtime import WorkerRuntime
+from llmq.tasks.sweep import sweep
 from llmq.workers.providers.batch_clients import AnthropicBatchApi, OpenAIBatchApi
 from tests.integration.conftest import SimulatorControl
 from tests.integration.services import start_llm_worker, stop_process, wait_for
@@ -375,3 +377,65 @@ def test_the_simulators_batch_apis_answer_the_unmodified_sdks(simulator: str) ->
     assert (result.custom_id, result.result.type) == ("a", "canceled")
     with pytest.raises(anthropic.BadRequestError):
         an.messages.batches.create(requests=[{"custom_id": "not ok!", "params": params}])
+
+
+def test_a_bulk_job_no_batch_took_in_time_runs_by_the_normal_path(
+    pb_app: Flask, rt: WorkerRuntime, database: Database, simulator: str, auth: dict[str, str]
+) -> None:
+    model = f"pb-late-{RUN}"
+    client = pb_app.test_client()
+    ids = _submit(client, auth, f"openai/{model}", 2)
+    _parked(database, ids)
+    with database.transaction() as session:  # fallback_after_s (600 s) has passed, no batch came
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(
+                created_at=utcnow() - timedelta(seconds=601), next_attempt_at=utcnow() - timedelta(seconds=1)
+            )
+        )
+    sweep(rt)  # sends the jobs whose wait is over; the worker runs them
+    jobs = wait_for(
+        lambda: (found := _jobs(database, ids)) and all(j.status in FINAL for j in found.values()) and found,
+        timeout=30,
+        what="the late bulk jobs to complete",
+    )
+    assert all(
+        j.status == "completed" and not j.via_batch and j.provider_batch_id is None for j in jobs.values()
+    )
+    assert _sim_batches(simulator, model) == []
+
+
+def test_a_poller_gone_past_the_lease_hands_the_jobs_back_and_their_late_results_are_discarded(
+    pb_app: Flask, rt: WorkerRuntime, database: Database, simulator: str, auth: dict[str, str]
+) -> None:
+    model = f"pb-lease-{RUN}"
+    httpx.post(f"{simulator}/_sim/batches", json={"model": model, "processing_s": 2})
+    client = pb_app.test_client()
+    ids = _submit(client, auth, f"openai/{model}", 2)
+    _parked(database, ids)
+    run_provider_batches(rt)  # gathered and submitted
+    assert all(j.status == "processing" for j in _jobs(database, ids).values())
+    with database.transaction() as session:  # no poll for lease_s: the leases run out
+        session.execute(
+            update(Job).where(Job.id.in_(ids)).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    sweep(rt)
+    jobs = wait_for(
+        lambda: (found := _jobs(database, ids)) and all(j.status in FINAL for j in found.values()) and found,
+        timeout=30,
+        what="the handed-back jobs to complete by the normal path",
+    )
+    batch_id = next(iter(jobs.values())).provider_batch_id
+
+    def batch_ended() -> bool:
+        run_provider_batches(rt)
+        with database.session() as session:
+            row = session.get(ProviderBatch, batch_id)
+            return row is not None and row.state == "ended"
+
+    wait_for(batch_ended, timeout=30, interval=0.2, what="the provider batch to end")
+    for job_id, job in _jobs(database, ids).items():
+        assert job.status == "completed" and not job.via_batch
+        lost, answered = _attempts(database, job_id)
+        assert (lost.outcome, answered.outcome) == ("lost", "success")  # the batch's answer was not written
