@@ -34,8 +34,8 @@ from aiohttp import web
 from llmq.simulator import faults, text
 from llmq.simulator.text import InvalidRequest, dumps, new_id
 
-_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_WINDOW_S = 24 * 3600
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+WINDOW_S = 24 * 3600
 DEFAULT_PROCESSING_S = 0.5
 
 
@@ -114,7 +114,7 @@ def _oa_error(status: int, message: str, param: str | None = None) -> web.Respon
     )
 
 
-def _an_error(status: int, err_type: str, message: str) -> web.Response:
+def anthropic_error(status: int, err_type: str, message: str) -> web.Response:
     return web.Response(
         status=status,
         text=dumps(faults.anthropic_error_body(err_type, message, new_id("req_"))),
@@ -122,7 +122,7 @@ def _an_error(status: int, err_type: str, message: str) -> web.Response:
     )
 
 
-def _ok(body: Any) -> web.Response:
+def ok_json(body: Any) -> web.Response:
     return web.Response(text=dumps(body), content_type="application/json")
 
 
@@ -168,7 +168,7 @@ def _run_line(state: Any, api: str, body: dict[str, Any]) -> tuple[int, dict[str
         state.stats.end(record, status)
 
 
-def _process(state: Any, store: BatchStore, batch: SimBatch) -> None:
+def process(state: Any, store: BatchStore, batch: SimBatch) -> None:
     """End the batch if its time has come: run its lines and write its results."""
     if batch.ended_at is not None or batch.status == "failed":
         return
@@ -244,7 +244,7 @@ def _openai_public(batch: SimBatch) -> dict[str, Any]:
         "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
         "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
         "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
-        "created_at": created, "in_progress_at": created, "expires_at": created + _WINDOW_S,
+        "created_at": created, "in_progress_at": created, "expires_at": created + WINDOW_S,
         "finalizing_at": ended, "completed_at": ended if status == "completed" else None,
         "failed_at": created if status == "failed" else None,
         "expired_at": ended if status == "expired" else None,
@@ -293,7 +293,7 @@ def openai_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
             return _oa_error(400, "'file' and 'purpose' are required", "file")
         stored = SimFile(new_id("file-"), upload.filename, purpose, upload.file.read(), _now())
         request.app[store_key].files[stored.id] = stored
-        return _ok(stored.public())
+        return ok_json(stored.public())
 
     def _file(request: web.Request) -> SimFile | None:
         found: SimFile | None = request.app[store_key].files.get(request.match_info["file_id"])
@@ -301,7 +301,7 @@ def openai_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
 
     async def get_file(request: web.Request) -> web.Response:
         found = _file(request)
-        return _ok(found.public()) if found else _oa_error(404, "No such File object")
+        return ok_json(found.public()) if found else _oa_error(404, "No such File object")
 
     async def file_content(request: web.Request) -> web.Response:
         found = _file(request)
@@ -331,19 +331,19 @@ def openai_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
             batch.errors = errors or [{"code": "empty_file", "line": None, "message": "no requests"}]
             batch.status = "failed"
         store.batches[batch.id] = batch
-        return _ok(_openai_public(batch))
+        return ok_json(_openai_public(batch))
 
     def _batch(request: web.Request) -> SimBatch | None:
         store: BatchStore = request.app[store_key]
         batch = store.batches.get(request.match_info["batch_id"])
         if batch is None or batch.api != "openai":
             return None
-        _process(request.app[state_key], store, batch)
+        process(request.app[state_key], store, batch)
         return batch
 
     async def retrieve(request: web.Request) -> web.Response:
         batch = _batch(request)
-        return _ok(_openai_public(batch)) if batch else _oa_error(404, "No such Batch object")
+        return ok_json(_openai_public(batch)) if batch else _oa_error(404, "No such Batch object")
 
     async def cancel(request: web.Request) -> web.Response:
         batch = _batch(request)
@@ -351,17 +351,17 @@ def openai_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
             return _oa_error(404, "No such Batch object")
         if batch.ended_at is None and batch.status != "failed":
             batch.cancelled = True
-            _process(request.app[state_key], request.app[store_key], batch)
-        return _ok(_openai_public(batch))
+            process(request.app[state_key], request.app[store_key], batch)
+        return ok_json(_openai_public(batch))
 
     async def listing(request: web.Request) -> web.Response:
         store: BatchStore = request.app[store_key]
         limit = int(request.query.get("limit", "20"))
         batches = [b for b in reversed(list(store.batches.values())) if b.api == "openai"][:limit]
         for batch in batches:
-            _process(request.app[state_key], store, batch)
+            process(request.app[state_key], store, batch)
         data = [_openai_public(b) for b in batches]
-        return _ok({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+        return ok_json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                     "last_id": data[-1]["id"] if data else None, "has_more": False})  # fmt: skip
 
     app.router.add_post("/v1/files", upload)
@@ -371,103 +371,6 @@ def openai_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
     app.router.add_get("/v1/batches", listing)
     app.router.add_get("/v1/batches/{batch_id}", retrieve)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)
-
-
-# --- Anthropic ------------------------------------------------------------------------------
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
-
-
-def _anthropic_public(batch: SimBatch, origin: str) -> dict[str, Any]:
-    ended = batch.ended_at is not None
-    counts = batch.counts or {
-        "processing": len(batch.lines),
-        "succeeded": 0,
-        "errored": 0,
-        "canceled": 0,
-        "expired": 0,
-    }
-    return {
-        "id": batch.id, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
-        "request_counts": counts, "ended_at": _iso(batch.ended_at), "created_at": _iso(batch.created),
-        "expires_at": _iso(batch.created + _WINDOW_S), "archived_at": None,
-        "cancel_initiated_at": _iso(batch.ended_at) if batch.cancelled else None,
-        "results_url": f"{origin}/v1/messages/batches/{batch.id}/results" if ended else None,
-    }  # fmt: skip
-
-
-def anthropic_routes(app: web.Application, state_key: Any, store_key: Any) -> None:
-    def _origin(request: web.Request) -> str:
-        return f"{request.scheme}://{request.host}"
-
-    async def create(request: web.Request) -> web.Response:
-        store: BatchStore = request.app[store_key]
-        try:
-            body = await request.json()
-        except ValueError:
-            return _an_error(400, "invalid_request_error", "body is not JSON")
-        requests = body.get("requests") if isinstance(body, dict) else None
-        if not isinstance(requests, list) or not requests:
-            return _an_error(400, "invalid_request_error", "requests: must be a non-empty list")
-        seen: set[str] = set()
-        for i, entry in enumerate(requests):
-            custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
-            if not isinstance(custom_id, str) or not _CUSTOM_ID.match(custom_id) or custom_id in seen:
-                return _an_error(400, "invalid_request_error", f"requests.{i}.custom_id: invalid or repeated")
-            if not isinstance(entry.get("params"), dict):
-                return _an_error(400, "invalid_request_error", f"requests.{i}.params: must be an object")
-            try:
-                text.parse_anthropic({**entry["params"], "stream": False})
-            except InvalidRequest as err:
-                return _an_error(400, "invalid_request_error", f"requests.{i}.params: {err.message}")
-            seen.add(custom_id)
-        model = str(requests[0]["params"].get("model", ""))
-        batch = SimBatch(
-            new_id("msgbatch_"), "anthropic", model, requests, time.time(), store.script_for(model)
-        )
-        store.batches[batch.id] = batch
-        return _ok(_anthropic_public(batch, _origin(request)))
-
-    def _batch(request: web.Request) -> SimBatch | None:
-        store: BatchStore = request.app[store_key]
-        batch = store.batches.get(request.match_info["batch_id"])
-        if batch is None or batch.api != "anthropic":
-            return None
-        _process(request.app[state_key], store, batch)
-        return batch
-
-    async def retrieve(request: web.Request) -> web.Response:
-        batch = _batch(request)
-        if batch is None:
-            return _an_error(404, "not_found_error", "message batch not found")
-        return _ok(_anthropic_public(batch, _origin(request)))
-
-    async def results(request: web.Request) -> web.Response:
-        batch = _batch(request)
-        if batch is None:
-            return _an_error(404, "not_found_error", "message batch not found")
-        if batch.ended_at is None:
-            return _an_error(400, "invalid_request_error", "the batch is still processing")
-        body = "".join(dumps(r) + "\n" for r in batch.results)
-        return web.Response(text=body, content_type="application/binary")
-
-    async def cancel(request: web.Request) -> web.Response:
-        batch = _batch(request)
-        if batch is None:
-            return _an_error(404, "not_found_error", "message batch not found")
-        if batch.ended_at is None:
-            batch.cancelled = True
-            _process(request.app[state_key], request.app[store_key], batch)
-        return _ok(_anthropic_public(batch, _origin(request)))
-
-    app.router.add_post("/v1/messages/batches", create)
-    app.router.add_get("/v1/messages/batches/{batch_id}", retrieve)
-    app.router.add_get("/v1/messages/batches/{batch_id}/results", results)
-    app.router.add_post("/v1/messages/batches/{batch_id}/cancel", cancel)
 
 
 def control_routes(app: web.Application, store_key: Any) -> None:

@@ -10,7 +10,8 @@ Routes::
 
     POST /v1/chat/completions   OpenAI (Authorization: Bearer <key>)
     POST /v1/messages           Anthropic (x-api-key, anthropic-version)
-    /v1/files, /v1/batches, /v1/messages/batches: the batch APIs (``batches.py``)
+    /v1/files, /v1/batches, /v1/messages/batches: the batch APIs (``batches.py``,
+                                ``anthropic_batches.py``)
     POST /_sim/script  POST /_sim/reset  GET /_sim/stats  POST /_sim/stats/reset  /_sim/batches
     GET  /_sim/requests?model=M&since=T  GET /_sim/health
 
@@ -34,7 +35,7 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
-from llmq.simulator import batches, faults, text
+from llmq.simulator import anthropic_batches, batches, faults, text
 from llmq.simulator.faults import FaultScripts, ScriptError, SimStats, Step
 from llmq.simulator.text import InvalidRequest, ParsedRequest, dumps, new_id
 from llmq.simulator.usage import PromptCache
@@ -358,7 +359,7 @@ def create_simulator_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", _provider_route(_OPENAI, _openai))
     app.router.add_post("/v1/messages", _provider_route(_ANTHROPIC, _anthropic))
     batches.openai_routes(app, STATE, BATCHES)  # the batch APIs: simulator/batches.py
-    batches.anthropic_routes(app, STATE, BATCHES)
+    anthropic_batches.anthropic_routes(app, STATE, BATCHES)
     batches.control_routes(app, BATCHES)
     app.router.add_post("/_sim/script", _script)
     app.router.add_post("/_sim/reset", _reset)

@@ -48,6 +48,7 @@ from llmq.models.provider_batches import (
 )
 from llmq.models.records import CallFailure, CallResult, ClaimedJob, Completion
 from llmq.models.tables import ProviderBatch
+from llmq.tasks import observe
 from llmq.tasks.app import celery_app
 from llmq.tasks.call import _request_for
 from llmq.tasks.enqueue import enqueue_job, try_enqueue_webhook
@@ -319,8 +320,11 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
     events: list[str] = []
     if completions:
         with rt.db.transaction() as session:
-            for transition in complete_jobs(session, completions, now):
-                events.extend(transition.event_ids)
+            transitions = complete_jobs(session, completions, now)
+        for transition in transitions:
+            if transition.applied:
+                observe.job_ended("completed", "provider_batch")
+            events.extend(transition.event_ids)
     for claim, error in failed:
         events.extend(_record_failure(rt, claim, error, latency_ms))
     back = []
@@ -390,6 +394,8 @@ def _record_failure(rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError, 
             transition = complete_job(session, claim, degraded, now)
         else:
             transition = fail_attempt(session, claim, step.failure, now, retry_at=None)
+    if transition.applied and step.kind == "fail":
+        observe.job_ended("failed", step.failure.error_type)
     if transition.applied and delay is not None and delay <= rt.settings.max_countdown_s:
         enqueue_job(claim.job_id, countdown=delay or None)
     logger.info(
