@@ -38,7 +38,14 @@ from llmq.tasks.runtime import WorkerRuntime
 from llmq.tasks.sweep import sweep
 from llmq.workers.providers.batch_clients import AnthropicBatchApi, OpenAIBatchApi
 from tests.integration.conftest import SimulatorControl
-from tests.integration.services import start_llm_worker, stop_process, wait_for
+from tests.integration.services import (
+    celery_worker_argv,
+    settings_env,
+    start_llm_worker,
+    start_process,
+    stop_process,
+    wait_for,
+)
 
 RUN = uuid.uuid4().hex[:6]
 OPENAI = f"openai/pb-{RUN}"
@@ -439,3 +446,35 @@ def test_a_poller_gone_past_the_lease_hands_the_jobs_back_and_their_late_results
         assert job.status == "completed" and not job.via_batch
         lost, answered = _attempts(database, job_id)
         assert (lost.outcome, answered.outcome) == ("lost", "success")  # the batch's answer was not written
+
+
+def test_celery_beat_runs_the_provider_batches_on_its_own(
+    pb_app: Flask, pb_settings: Settings, database: Database, logs_dir: Path, auth: dict[str, str]
+) -> None:
+    """The wiring: beat schedules ``llmq.provider_batches`` and a worker of the webhooks queue runs
+    it, with nothing run from here."""
+    name = f"pb-beat-{RUN}@127.0.0.1"
+    env = {
+        **settings_env(pb_settings),
+        "LLMQ_PROVIDERS_FILE": str(pb_settings.providers_file),
+        "LLMQ_PROVIDER_BATCH_INTERVAL_S": "0.5",
+    }
+    proc = start_process(
+        celery_worker_argv(name, concurrency=4, beat_schedule=logs_dir / f"pb-beat-{RUN}"),
+        env,
+        logs_dir / "pb-beat.log",
+    )
+    try:
+        model = f"openai/pb-beat-{RUN}"
+        ids = _submit(pb_app.test_client(), auth, model, 2)
+        jobs = wait_for(
+            lambda: (
+                (found := _jobs(database, ids)) and all(j.status in FINAL for j in found.values()) and found
+            ),
+            timeout=90,
+            interval=0.3,
+            what="beat to send, poll and write the provider batch",
+        )
+        assert all(j.status == "completed" and j.via_batch for j in jobs.values())
+    finally:
+        stop_process(proc)
