@@ -136,6 +136,8 @@ class JobOut(BaseModel):
     degraded: bool
     fallbacks: list[str] | None
     priority: Literal["interactive", "bulk"]
+    via_batch: bool = False  # answered through the provider's batch API, at its batch price
+    batch_saved_usd: float | None = None  # the standard price of that answer less what it cost
 
 
 class JobList(BaseModel):

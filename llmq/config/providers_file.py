@@ -34,7 +34,10 @@ Shape::
     ├── tenants: TenantsConfig   default_tier
     ├── budgets: BudgetsConfig   thresholds
     ├── usage: UsageConfig       metadata_keys
-    └── prices: PricesConfig     taken_on
+    ├── prices: PricesConfig     taken_on
+    └── provider_batches: ProviderBatchesConfig   enabled, providers, min_jobs, max_wait_s,
+                                 max_jobs, poll_interval_s, fallback_after_s, lease_s,
+                                 step_timeout_s      (``config/provider_batches.py``)
 
 Checks that span tables (a model listed as its own fallback, a fallback listed twice) run after
 the per-key validation, and name the line of the offending key too.
@@ -64,6 +67,7 @@ from pydantic import (
 
 from llmq.config.model_ids import is_model_id
 from llmq.config.prices import ModelPrice, PricesConfig, UsdPerMtok
+from llmq.config.provider_batches import ProviderBatchesConfig
 from llmq.config.tiers import (
     BUILTIN_TIERS,
     BudgetsConfig,
@@ -209,6 +213,9 @@ class ModelConfig(BaseModel, extra="forbid"):
     output_usd_per_mtok: UsdPerMtok | None = None
     cached_input_usd_per_mtok: UsdPerMtok | None = None  # None: the input price
     cache_write_usd_per_mtok: UsdPerMtok | None = None  # None: the input price
+    # The provider's batch API price (None: half the standard price, as both providers bill).
+    batch_input_usd_per_mtok: UsdPerMtok | None = None
+    batch_output_usd_per_mtok: UsdPerMtok | None = None
     prices_taken_on: dt.date | None = None  # None: [prices] taken_on
     rpm: Count | None = None
     tpm: Count | None = None
@@ -243,6 +250,8 @@ class ModelConfig(BaseModel, extra="forbid"):
             output_usd_per_mtok=self.output_usd_per_mtok,
             cached_input_usd_per_mtok=self.cached_input_usd_per_mtok,
             cache_write_usd_per_mtok=self.cache_write_usd_per_mtok,
+            batch_input_usd_per_mtok=self.batch_input_usd_per_mtok,
+            batch_output_usd_per_mtok=self.batch_output_usd_per_mtok,
             taken_on=self.prices_taken_on,
         )
 
@@ -263,6 +272,7 @@ class ProvidersConfig(BaseModel, extra="forbid"):
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
+    provider_batches: ProviderBatchesConfig = Field(default_factory=ProviderBatchesConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> ProvidersConfig:
@@ -439,6 +449,7 @@ _TABLES: dict[tuple[str, ...], type[BaseModel]] = {
     ("budgets",): BudgetsConfig,
     ("usage",): UsageConfig,
     ("prices",): PricesConfig,
+    ("provider_batches",): ProviderBatchesConfig,
 }
 
 

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # Recovery of a dead worker's jobs never waits for it: leases do that.
     visibility_timeout_s: int = 3600
     sweep_interval_s: float = 5.0
+    # How often beat runs llmq.provider_batches (gather, send, poll: see [provider_batches] of the
+    # providers file for when each is due).
+    provider_batch_interval_s: float = 10.0
     # A worker renews the lease of each job it runs every lease_s/3; a job whose lease expired
     # (its worker was SIGKILLed, its host lost) goes back to the queue at the next sweep.
     lease_s: float = 60.0

@@ -110,6 +110,8 @@ def _result_values(result: CallResult, spent_usd: Decimal | None = None) -> dict
         "cached": result.cached,
         "degraded": result.degraded,
         "result_extra": result.extra,
+        "via_batch": result.via_batch,
+        "batch_saved_usd": result.batch_saved_usd,
     }
 
 
@@ -163,6 +165,8 @@ _BATCH_INPUTS = {
     "cached": "boolean",
     "degraded": "boolean",
     "result_extra": "jsonb",  # passed as JSON text (``_json_or_none``)
+    "via_batch": "boolean",
+    "batch_saved_usd": "numeric",
     "outcome": "text",
     "http_status": "integer",
     "latency_ms": "integer",

@@ -138,6 +138,8 @@ class ClaimedJob:
     # Correlation: the submit's request_id (every log line of the job) and traceparent (its spans).
     request_id: str | None = None
     traceparent: str | None = None
+    # The provider batch that took the job before, if one did: it never goes in another.
+    provider_batch_id: str | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
     request_options: dict[str, Any] | None = None  # see NewJob; None for a plain job
 
@@ -199,6 +201,8 @@ class CallResult:
     cache_write_tokens: int = 0  # of prompt_tokens: written to it
     # Besides text: {"tool_calls": [...]} and/or {"choices": [...]}; None for a text answer.
     extra: dict[str, Any] | None = None
+    via_batch: bool = False  # answered through the provider's batch API, at its batch price
+    batch_saved_usd: Decimal | None = None  # its standard price less cost_usd
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Job(Base):
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_deadline", "status", "deadline_at"),
+        Index("ix_jobs_provider_batch", "provider_batch_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -147,6 +148,11 @@ class Job(Base):
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # --- provider batch APIs (0010): the provider batch that took the job (never cleared: a job
+    # goes in one at most), whether its result came from it, what that saved on the standard price
+    provider_batch_id: Mapped[str | None] = mapped_column(String(40))
+    via_batch: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    batch_saved_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
 
     # --- scheduling: who holds it, when it runs next -------------------------------------------
     lease_token: Mapped[str | None] = mapped_column(String(40))
@@ -188,6 +194,34 @@ class Attempt(Base):
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))  # what the provider billed
+
+
+class ProviderBatch(Base):
+    """One batch sent through a provider's batch API (``tasks/provider_batches.py``): its jobs
+    hold ``lease_token`` while it runs. ``state``: gathered → sending → submitted → ended, or
+    abandoned (its jobs handed back to the normal path)."""
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (Index("ix_provider_batches_state_poll", "state", "next_poll_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))
+    lease_token: Mapped[str] = mapped_column(String(40))
+    job_count: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(String(128))  # the provider's batch id
+    remote_status: Mapped[str | None] = mapped_column(String(32))
+    input_file_id: Mapped[str | None] = mapped_column(String(128))  # OpenAI: the uploaded JSONL
+    output_file_id: Mapped[str | None] = mapped_column(String(128))
+    error_file_id: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    submitted_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    next_poll_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
 
 
 class WebhookEvent(Base):
@@ -346,4 +380,6 @@ def job_public(job: Any) -> dict[str, Any]:
         "degraded": bool(job.degraded),
         "fallbacks": job.fallbacks,
         "priority": job.priority,
+        "via_batch": bool(job.via_batch),
+        "batch_saved_usd": float(job.batch_saved_usd) if job.batch_saved_usd is not None else None,
     }

@@ -10,7 +10,9 @@ Routes::
 
     POST /v1/chat/completions   OpenAI (Authorization: Bearer <key>)
     POST /v1/messages           Anthropic (x-api-key, anthropic-version)
-    POST /_sim/script  POST /_sim/reset  GET /_sim/stats  POST /_sim/stats/reset
+    /v1/files, /v1/batches, /v1/messages/batches: the batch APIs (``batches.py``,
+                                ``anthropic_batches.py``)
+    POST /_sim/script  POST /_sim/reset  GET /_sim/stats  POST /_sim/stats/reset  /_sim/batches
     GET  /_sim/requests?model=M&since=T  GET /_sim/health
 
 A provider request goes: read body -> count it -> auth -> validate -> take the model's scripted
@@ -33,7 +35,7 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
-from llmq.simulator import faults, surface, surface_wire, text
+from llmq.simulator import anthropic_batches, batches, faults, surface, surface_wire, text
 from llmq.simulator.faults import FaultScripts, ScriptError, SimStats, Step
 from llmq.simulator.text import InvalidRequest, ParsedRequest, dumps, new_id
 from llmq.simulator.usage import PromptCache
@@ -79,6 +81,7 @@ class _State:
 
 
 STATE = web.AppKey("llmq_simulator_state", _State)
+BATCHES = web.AppKey("llmq_simulator_batches", batches.BatchStore)
 
 
 class _Outcome:
@@ -346,6 +349,7 @@ async def _reset(request: web.Request) -> web.Response:
     state.scripts.clear()
     state.stats.reset()
     state.prompt_cache.clear()
+    request.app[BATCHES].clear()
     return web.json_response({"ok": True})
 
 
@@ -379,8 +383,12 @@ def create_simulator_app(config: SimulatorConfig) -> web.Application:
     left, or whose connection a fault dropped, stops counting as in flight at once."""
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[STATE] = _State(config)
+    app[BATCHES] = batches.BatchStore()
     app.router.add_post("/v1/chat/completions", _provider_route(_OPENAI, _openai))
     app.router.add_post("/v1/messages", _provider_route(_ANTHROPIC, _anthropic))
+    batches.openai_routes(app, STATE, BATCHES)  # the batch APIs: simulator/batches.py
+    anthropic_batches.anthropic_routes(app, STATE, BATCHES)
+    batches.control_routes(app, BATCHES)
     app.router.add_post("/_sim/script", _script)
     app.router.add_post("/_sim/reset", _reset)
     app.router.add_get("/_sim/stats", _stats)

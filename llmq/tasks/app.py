@@ -21,7 +21,12 @@ from llmq.tasks.broker import keep_one_client_per_channel
 
 LLM_QUEUE = "llm"
 WEBHOOK_QUEUE = "webhooks"
-TASK_MODULES = ["llmq.tasks.generate", "llmq.tasks.webhooks", "llmq.tasks.sweep"]
+TASK_MODULES = [
+    "llmq.tasks.generate",
+    "llmq.tasks.webhooks",
+    "llmq.tasks.sweep",
+    "llmq.tasks.provider_batches",
+]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -68,6 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "llmq.generate": {"queue": LLM_QUEUE},
             "llmq.deliver_webhook": {"queue": WEBHOOK_QUEUE},
             "llmq.sweep": {"queue": WEBHOOK_QUEUE},
+            "llmq.provider_batches": {"queue": WEBHOOK_QUEUE},
         },
         # Flower and `celery events` need task events.
         "worker_send_task_events": settings.task_events,
@@ -80,7 +86,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "llmq.sweep",
                 "schedule": settings.sweep_interval_s,
                 "options": {"expires": max(settings.sweep_interval_s * 2, 1.0)},
-            }
+            },
+            # Gathers, sends and polls provider batches; returns at once while
+            # [provider_batches] is off (tasks/provider_batches.py).
+            "llmq-provider-batches": {
+                "task": "llmq.provider_batches",
+                "schedule": settings.provider_batch_interval_s,
+                "options": {"expires": max(settings.provider_batch_interval_s * 2, 1.0)},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -19,6 +19,8 @@ changing one orphans the keys already written under it.
                                          formatted with the job id: llmq:progress:<job id>
     CANCEL_CHANNEL    llmq:cancel        pub/sub channel of job cancels (tasks/inflight.py)
     SWEEP_LOCK        llmq:sweep-lock    the lock that keeps to one sweep at a time (tasks/sweep.py)
+    PROVIDER_BATCH_LOCK  llmq:provider-batch-lock   one provider-batch run at a time
+                                         (tasks/provider_batches.py)
 
 The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
 are Celery's and not listed here. The rate limiter, the breakers and the budget ledger take a
@@ -34,6 +36,7 @@ __all__ = [
     "CACHE_PREFIX",
     "CANCEL_CHANNEL",
     "PROGRESS_KEY",
+    "PROVIDER_BATCH_LOCK",
     "RATELIMIT_PREFIX",
     "SWEEP_LOCK",
     "TENANT_LIMIT_PREFIX",
@@ -46,5 +49,6 @@ CACHE_PREFIX = "llmq:cache"
 PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
+PROVIDER_BATCH_LOCK = "llmq:provider-batch-lock"
 TENANT_LIMIT_PREFIX = "llmq:tl"
 AUTH_EPOCH_KEY = "llmq:auth:epoch"

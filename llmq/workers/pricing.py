@@ -9,7 +9,9 @@ written to the provider's prompt cache (llmq counts Anthropic's ``input_tokens``
             + cached * cached_input + cache_write * cache_write
             + completion * output) / 1,000,000
 
-to 8 decimals (a missing cache price is the input price: see ``config/prices.py``).
+to 8 decimals (a missing cache price is the input price: see ``config/prices.py``). A call through
+the provider's batch API is priced the same way at the model's batch price (:meth:`PriceTable.
+batch_cost`: half the standard price unless the file gives one).
 """
 
 from __future__ import annotations
@@ -57,19 +59,27 @@ class PriceTable:
         model has no price (the job still runs, its cost is unknown). ``cached_tokens`` and
         ``cache_write_tokens`` are part of ``prompt_tokens``; a provider that reports more of them
         than prompt tokens is believed on the cache counts (the uncached part is then 0)."""
+        return _cost(
+            self._prices.get(model), prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens
+        )
+
+    def batch_cost(
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal | None:
+        """:meth:`cost` at the model's batch price (a call through the provider's batch API)."""
         price = self._prices.get(model)
-        if price is None:
-            return None
-        if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
-            raise ValueError("token counts must be non-negative")
-        uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
-        cost = (
-            Decimal(uncached) * price.input_usd_per_mtok
-            + Decimal(cached_tokens) * price.cached_input
-            + Decimal(cache_write_tokens) * price.cache_write
-            + Decimal(completion_tokens) * price.output_usd_per_mtok
-        ) / _PER_TOKENS
-        return cost.quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+        return _cost(
+            None if price is None else price.batch(),
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            cache_write_tokens,
+        )
 
     def cost_usd(
         self,
@@ -85,3 +95,24 @@ class PriceTable:
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self._prices)} models)"
+
+
+def _cost(
+    price: ModelPrice | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+) -> Decimal | None:
+    if price is None:
+        return None
+    if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
+        raise ValueError("token counts must be non-negative")
+    uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
+    cost = (
+        Decimal(uncached) * price.input_usd_per_mtok
+        + Decimal(cached_tokens) * price.cached_input
+        + Decimal(cache_write_tokens) * price.cache_write
+        + Decimal(completion_tokens) * price.output_usd_per_mtok
+    ) / _PER_TOKENS
+    return cost.quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)

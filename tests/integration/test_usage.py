@@ -338,5 +338,7 @@ def test_providers_show_prices_and_their_date(api: FlaskClient, account: IssuedK
         "output_usd_per_mtok": 15.0,
         "cached_input_usd_per_mtok": 0.3,
         "cache_write_usd_per_mtok": 3.75,
+        "batch_input_usd_per_mtok": 1.5,
+        "batch_output_usd_per_mtok": 7.5,
         "taken_on": "2026-01-15",
     }

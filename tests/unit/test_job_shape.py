@@ -103,6 +103,9 @@ def completed_job() -> SimpleNamespace:
         cached_tokens=1,
         cache_write_tokens=0,
         cost_usd=Decimal("0.00001234"),
+        provider_batch_id="pb_1",
+        via_batch=True,
+        batch_saved_usd=Decimal("0.00001234"),
         error_type="rate_limited",
         error_message="slow down",
         lease_token="lease_1",
@@ -189,6 +192,7 @@ def test_new_job_fields_are_columns_but_the_timeout() -> None:
         "degraded": False,
         "priority": "interactive",
         "budget_wait": False,
+        "via_batch": False,
     }
 
 

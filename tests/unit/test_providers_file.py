@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from llmq.config.provider_batches import ProviderBatchesConfig
 from llmq.config.providers_file import (
     BreakerConfig,
     CacheConfig,
@@ -144,7 +145,14 @@ def test_the_shipped_file_spells_out_the_defaults() -> None:
 
 def test_the_shipped_file_documents_every_key() -> None:
     text = DEFAULT_PROVIDERS_FILE.read_text(encoding="utf-8")
-    for table in (BreakerConfig, LimitsConfig, CacheConfig, RoutingConfig, ModelConfig):
+    for table in (
+        BreakerConfig,
+        LimitsConfig,
+        CacheConfig,
+        RoutingConfig,
+        ModelConfig,
+        ProviderBatchesConfig,
+    ):
         for key in table.model_fields:
             assert key in text, f"{table.__name__}.{key} is not documented in the shipped file"
 

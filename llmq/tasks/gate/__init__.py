@@ -5,6 +5,9 @@
     claim ─▶ route ("auto" → a model) ─▶ cache hit? ──yes──▶ Hit (no provider call)
                                             │no
                                             ▼
+             a bulk job for a provider batch? ──yes──▶ Park("provider_batch") for the gatherer
+                                            │no
+                                            ▼
              for each model of the chain, from the job's current one:
                  breaker open? ──▶ next model ... none left ──▶ Park("circuit_open")
                  budget has no room for its worst case? ──▶ Refuse("budget_exceeded"),
@@ -19,9 +22,9 @@ worker process and host. A parked job gives its claim back and waits (a Celery c
 database for long waits): no worker slot is held while it waits.
 
 The gate is a list of stages, each a module here with ``admit`` (and, for the model stages,
-``undo`` and ``release``): :mod:`~llmq.tasks.gate.route`, :mod:`~llmq.tasks.gate.cache` once per
-job, then :mod:`~llmq.tasks.gate.breaker`, :mod:`~llmq.tasks.gate.budget`,
-:mod:`~llmq.tasks.gate.tenant` and
+``undo`` and ``release``): :mod:`~llmq.tasks.gate.route`, :mod:`~llmq.tasks.gate.cache`,
+:mod:`~llmq.tasks.gate.provider_batch` once per job, then :mod:`~llmq.tasks.gate.breaker`,
+:mod:`~llmq.tasks.gate.budget`, :mod:`~llmq.tasks.gate.tenant` and
 :mod:`~llmq.tasks.gate.limits` for each model of the chain (:mod:`~llmq.tasks.gate.stages` says
 how they fit together). A new stage is one module and one line in ``JOB_STAGES`` or
 ``MODEL_STAGES``.
@@ -39,6 +42,7 @@ from llmq.tasks.gate.breaker import BreakerStage
 from llmq.tasks.gate.budget import BudgetStage
 from llmq.tasks.gate.cache import CacheStage, request_params
 from llmq.tasks.gate.limits import LimitsStage, line_grace_s
+from llmq.tasks.gate.provider_batch import ProviderBatchStage
 from llmq.tasks.gate.route import RouteStage, model_chain, primary_model
 from llmq.tasks.gate.stages import CallEnd, Decision, Go, Hit, JobStage, ModelStage, Park, Refuse, Ticket
 from llmq.tasks.gate.tenant import TenantLimitsStage
@@ -63,16 +67,16 @@ __all__ = [
 
 logger = structlog.get_logger(__name__)
 
-JOB_STAGES: tuple[JobStage, ...] = (RouteStage(), CacheStage())
+JOB_STAGES: tuple[JobStage, ...] = (RouteStage(), CacheStage(), ProviderBatchStage())
 MODEL_STAGES: tuple[ModelStage, ...] = (BreakerStage(), BudgetStage(), TenantLimitsStage(), LimitsStage())
 
 
 def gate(rt: WorkerRuntime, claim: ClaimedJob) -> Decision:
     ticket = Ticket(claim)
     for job_stage in JOB_STAGES:
-        hit = job_stage.admit(rt, ticket)
-        if hit is not None:
-            return hit
+        decided = job_stage.admit(rt, ticket)
+        if decided is not None:
+            return decided
     try:
         return _admit_a_model(rt, ticket)
     except redis.RedisError as exc:  # limits cannot be checked: wait rather than overshoot

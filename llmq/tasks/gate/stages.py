@@ -1,11 +1,12 @@
 """What the gate's stages share: the ticket a job carries through them, and their two shapes.
 
 A **job stage** runs once per job, in order, before any model is tried (route: which models;
-cache: an answer without a call). A **model stage** runs for each model of the job's chain, in
-order (breaker, limits): it admits the model or refuses it, either for this model only (the next
-model of the chain is tried: an open breaker) or for the job (it waits: no capacity). When a later
-model stage refuses, the earlier ones that admitted the model ``undo`` what they took; when the
-call ends, every model stage gives back what it took (``release``), in reverse order.
+cache: an answer without a call; provider batch: a bulk job parked for its provider's batch
+API). A **model stage** runs for each model of the job's chain, in order (breaker, limits): it
+admits the model or refuses it, either for this model only (the next model of the chain is tried:
+an open breaker) or for the job (it waits: no capacity). When a later model stage refuses, the
+earlier ones that admitted the model ``undo`` what they took; when the call ends, every model
+stage gives back what it took (``release``), in reverse order.
 
 A model stage may also refuse a job for good (:class:`Refusal` with an ``error``: the budget has
 no room for the call): the job fails without a call (:class:`Refuse`).
@@ -65,7 +66,7 @@ class Go:
 @dataclass(frozen=True)
 class Park:
     delay_s: float
-    reason: str  # rate_limited | circuit_open | tenant_limited | budget
+    reason: str  # rate_limited | circuit_open | tenant_limited | budget | provider_batch
     until: datetime | None = None  # when the wait ends, when known exactly (else now + delay_s)
 
 
@@ -111,7 +112,7 @@ class CallEnd:
 
 
 class JobStage(Protocol):
-    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Hit | None: ...
+    def admit(self, rt: WorkerRuntime, ticket: Ticket) -> Hit | Park | None: ...
 
 
 class ModelStage(Protocol):

@@ -170,6 +170,11 @@ class SdkProvider:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={str(self._client.base_url)!r})"
 
+    @property
+    def sdk(self) -> Any:
+        """The SDK client, for the provider's batch API (``providers/batch_clients.py``)."""
+        return self._client
+
     async def aclose(self) -> None:
         await self._client.close()
 

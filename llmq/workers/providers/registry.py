@@ -26,7 +26,8 @@ import structlog
 from llmq.config.model_ids import split_model
 from llmq.config.providers import ProviderSpec, is_known_model, provider_specs
 from llmq.workers.providers.anthropic_provider import AnthropicProvider
-from llmq.workers.providers.base import Provider
+from llmq.workers.providers.base import Provider, SdkProvider
+from llmq.workers.providers.batch_clients import AnthropicBatchApi, BatchApi, OpenAIBatchApi
 from llmq.workers.providers.openai_provider import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -105,6 +106,18 @@ class ProviderRegistry:
                     client = self._build(self.spec(provider_name))
                     self._clients[provider_name] = client
         return client, bare
+
+    def batch_api(self, provider_name: str) -> BatchApi | None:
+        """The batch API of OpenAI or Anthropic itself (or their simulator), on the provider's own
+        SDK client; None for an OpenAI-compatible server (they have none)."""
+        if provider_name not in ("openai", "anthropic") or self.spec(provider_name).kind != provider_name:
+            return None
+        client, _ = self.resolve(f"{provider_name}/batch")
+        if not isinstance(client, SdkProvider):
+            return None
+        if provider_name == "openai":
+            return OpenAIBatchApi(client.sdk)
+        return AnthropicBatchApi(client.sdk, self._default_max_tokens)
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
