@@ -14,6 +14,7 @@ from llmq.models.db import Database
 from llmq.models.migrate import heads
 from llmq.models.tables import Job, WebhookEvent
 from llmq.models.tenants import IssuedKey
+from tests.integration.conftest import SimulatorControl, unique_model
 
 
 def _job_count(database: Database, tenant: IssuedKey) -> int:
@@ -259,7 +260,7 @@ def test_submit_with_the_broker_down_is_still_accepted_and_kept_for_the_sweeper(
 
 
 def test_cancel_and_redeliver_with_the_broker_down_answer_and_leave_the_event_to_the_sweeper(
-    settings: Any, tenant: IssuedKey, database: Database
+    settings: Any, tenant: IssuedKey, database: Database, sim: SimulatorControl
 ) -> None:
     from llmq.api.app import create_app
     from llmq.tasks.app import configure_celery
@@ -267,9 +268,13 @@ def test_cancel_and_redeliver_with_the_broker_down_answer_and_leave_the_event_to
     broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     app = create_app(broken)
     auth = {"Authorization": f"Bearer {tenant.api_key}"}
+    # The session worker's sweeper may send the job meanwhile (its broker is up): a slow answer
+    # keeps the job cancellable whichever state it is in when the cancel comes.
+    model = unique_model("slow")
+    sim.script(model, [], default={"latency": 60})
     try:
         client = app.test_client()
-        body = {"prompt": "hi", "webhook_url": "http://127.0.0.1:9/hook"}
+        body = {"prompt": "hi", "model": f"openai/{model}", "webhook_url": "http://127.0.0.1:9/hook"}
         job_id = client.post("/v1/jobs", json=body, headers=auth).get_json()["id"]
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
         response = client.post(f"/v1/jobs/{job_id}/webhooks/redeliver", headers=auth)
