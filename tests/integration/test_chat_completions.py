@@ -1,0 +1,279 @@
+"""``/v1/chat/completions`` through the official ``openai`` SDK, unmodified, over real HTTP: a real
+``llmq api`` (gunicorn), the session's Celery worker and the simulator. Each answer is a job: the
+same job is read back at ``/v1/jobs/<id>`` with the same text, usage and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from llmq.config.settings import Settings
+from llmq.models.base import utcnow
+from llmq.models.db import Database
+from llmq.models.tenant_admin import update_tenant
+from llmq.models.tenants import IssuedKey, create_key
+from tests.integration.conftest import SimulatorControl, unique_model
+from tests.integration.services import (
+    VENV_BIN,
+    free_port,
+    settings_env,
+    start_process,
+    stop_process,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(
+    settings: Settings, database: Database, worker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    port = free_port()
+    var = tmp_path_factory.mktemp("chat-api")
+    env = {
+        **settings_env(settings),
+        "LLMQ_API_PORT": str(port),
+        "LLMQ_API_WORKERS": "1",
+        "LLMQ_VAR_DIR": str(var),
+    }
+    proc = start_process([str(VENV_BIN / "llmq"), "api"], env, Path(var) / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, timeout=60, what="the API")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _new_tenant(database: Database, **changes: Any) -> IssuedKey:
+    with database.transaction() as session:
+        issued = create_key(
+            session, tenant_name=f"chat-{uuid.uuid4().hex[:8]}", now=utcnow(), tier="unlimited"
+        )
+        if changes:
+            update_tenant(session, issued.tenant_id, changes, utcnow(), tiers={"unlimited"})
+    return issued
+
+
+@pytest.fixture
+def key(database: Database) -> str:
+    return _new_tenant(database).api_key
+
+
+@pytest.fixture
+def client(api: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{api}/v1", api_key=key)
+
+
+def _job(api: str, key: str, completion_id: str) -> dict[str, Any]:
+    assert completion_id.startswith("chatcmpl-job_")
+    job_id = completion_id.removeprefix("chatcmpl-")
+    response = httpx.get(f"{api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    return dict(response.json())
+
+
+def test_a_chat_completion_is_answered_by_a_job_with_the_same_text_usage_and_cost(
+    client: openai.OpenAI, api: str, key: str
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",  # a bare name is an OpenAI model
+        messages=[
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": [{"type": "text", "text": "Say hello to the queue"}]},
+        ],
+        max_completion_tokens=64,
+        temperature=0,
+        user="alice",
+        metadata={"team": "search"},
+    )
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "stop" and choice.logprobs is None
+    job = _job(api, key, answer.id)
+    assert raw.headers["X-LLMQ-Job-Id"] == job["id"]
+    assert job["status"] == "completed" and job["model"] == "openai/gpt-4o-mini"
+    assert job["result"]["text"] == choice.message.content
+    assert job["metadata"] == {"team": "search"}
+    assert answer.model == job["served_by"]
+    assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
+    assert answer.usage.prompt_tokens == job["usage"]["prompt_tokens"] > 0
+    assert answer.usage.completion_tokens == job["usage"]["completion_tokens"] > 0
+    assert answer.usage.total_tokens == job["usage"]["total_tokens"]
+    assert answer.usage.prompt_tokens_details.cached_tokens == job["usage"]["cached_tokens"]
+    assert job["cost_usd"] is not None and job["cost_usd"] > 0
+    assert float(raw.headers["X-LLMQ-Cost-USD"]) == pytest.approx(job["cost_usd"])
+
+
+def test_stream_sends_the_jobs_text_as_it_grows_then_finish_reason_usage_and_done(
+    client: openai.OpenAI, api: str, key: str, sim: SimulatorControl
+) -> None:
+    model = unique_model("chat-stream")
+    sim.script(model, [], default={"fault": "ok", "latency": 1.5})  # 12 words over 1.5 s
+    stream = client.chat.completions.create(
+        model=f"openai/{model}",
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert len({c.id for c in chunks}) == 1
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1, "the text should arrive while the job runs, in more than one delta"
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishing] == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    job = _job(api, key, chunks[0].id)
+    assert job["status"] == "completed"
+    assert "".join(pieces) == job["result"]["text"]
+    assert chunks[-1].usage.completion_tokens == job["usage"]["completion_tokens"]
+    assert chunks[-1].usage.prompt_tokens == job["usage"]["prompt_tokens"]
+
+
+def test_a_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_async_client_works_too(api: str, key: str) -> None:
+    async def ask() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(base_url=f"{api}/v1", api_key=key) as client:
+            answer = await client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hello async"}]
+            )
+            stream = await client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hello async"}], stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            return answer.choices[0].message.content or "", text
+
+    plain, streamed = asyncio.run(ask())
+    assert plain and plain == streamed  # the simulator answers a prompt the same way each time
+
+
+def test_a_bad_key_is_an_authentication_error(api: str) -> None:
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key="llmq_not_a_key")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "invalid_api_key" and caught.value.type == "invalid_request_error"
+
+
+def test_a_model_of_an_unknown_provider_is_not_found_and_makes_no_job(
+    client: openai.OpenAI, api: str, key: str
+) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nosuch/model", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "model_not_found"
+    jobs = httpx.get(f"{api}/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()
+    assert jobs["data"] == []
+
+
+def test_a_model_the_provider_does_not_know_fails_the_job_as_not_found(
+    client: openai.OpenAI, api: str, key: str, sim: SimulatorControl
+) -> None:
+    model = unique_model("chat-gone")
+    sim.script(model, [], default={"fault": "404"})
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model=f"openai/{model}", messages=[{"role": "user", "content": "x"}])
+    job_id = caught.value.response.headers["X-LLMQ-Job-Id"]
+    assert caught.value.code == "model_not_found" and job_id in caught.value.message
+    job = _job(api, key, f"chatcmpl-{job_id}")
+    assert job["status"] == "failed" and job["error"]["type"] == "not_found"
+    assert sim.requests_for(model) == 1  # a permanent error: neither llmq nor the SDK retried
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
+        ({"no_such_argument": 1}, "no_such_argument", None),
+        ({"temperature": 3.5}, "temperature", "invalid_value"),
+        ({"llmq": {"model": "x"}}, "llmq.model", None),
+    ],
+)
+def test_invalid_or_unsupported_parameters_are_bad_requests_naming_the_param(
+    client: openai.OpenAI, extra: dict[str, Any], param: str, code: str | None
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_body=extra
+        )
+    assert caught.value.param == param and caught.value.code == code
+
+
+def test_a_message_without_a_role_is_a_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"content": "x"}])  # type: ignore[list-item]
+    assert caught.value.param == "messages.[0].role" and caught.value.code == "missing_required_parameter"
+
+
+def test_over_the_keys_rate_is_a_rate_limit_error_with_retry_after(api: str, database: Database) -> None:
+    issued = _new_tenant(database, rpm=1)
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key=issued.api_key, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one"}])
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "two"}])
+    assert caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["Retry-After"]) >= 1
+
+
+def test_a_job_over_budget_is_insufficient_quota_and_not_retried(api: str, database: Database) -> None:
+    issued = _new_tenant(database, budget_usd=0)
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key=issued.api_key)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "spend"}])
+    assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    jobs = httpx.get(f"{api}/v1/jobs", headers={"Authorization": f"Bearer {issued.api_key}"}).json()["data"]
+    assert len(jobs) == 1 and jobs[0]["error"]["type"] == "budget_exceeded"  # one job: no SDK retry
+
+
+def test_past_the_wait_deadline_the_answer_names_the_job_which_runs_on(
+    client: openai.OpenAI, api: str, key: str, sim: SimulatorControl
+) -> None:
+    model = unique_model("chat-slow")
+    sim.script(model, [], default={"fault": "ok", "latency": 1.5})
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model=f"openai/{model}",
+            messages=[{"role": "user", "content": "take your time"}],
+            extra_headers={"X-LLMQ-Wait-Timeout": "0.3"},
+        )
+    assert caught.value.status_code == 504 and caught.value.code == "job_still_running"
+    job_id = caught.value.response.headers["X-LLMQ-Job-Id"]
+    assert job_id in caught.value.message
+    auth = {"Authorization": f"Bearer {key}"}
+    done = wait_for(
+        lambda: (
+            (j := httpx.get(f"{api}/v1/jobs/{job_id}", headers=auth).json())["status"] == "completed" and j
+        ),
+        timeout=30,
+        what="the job to complete after the deadline",
+    )
+    assert done["result"]["text"]
+    assert sim.requests_for(model) == 1  # the SDK did not retry into a second job
+
+
+def test_the_same_idempotency_key_answers_the_same_job(client: openai.OpenAI) -> None:
+    headers = {"Idempotency-Key": f"chat-{uuid.uuid4().hex}"}
+    body: Any = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "once"}]}
+    first = client.chat.completions.create(**body, extra_headers=headers)
+    second = client.chat.completions.create(**body, extra_headers=headers)
+    assert first.id == second.id and first.choices[0].message.content == second.choices[0].message.content
