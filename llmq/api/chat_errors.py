@@ -45,7 +45,7 @@ _JOB_ERRORS: dict[str, tuple[int, str, str | None]] = {
     "invalid_request": (400, "invalid_request_error", None),
     "context_length": (400, "invalid_request_error", "context_length_exceeded"),
     "content_policy": (400, "invalid_request_error", "content_policy_violation"),
-    "schema_mismatch": (400, "invalid_request_error", "response_format_mismatch"),
+    "invalid_json_output": (502, "api_error", "invalid_json_output"),  # after llmq's retries
     "not_found": (404, "invalid_request_error", "model_not_found"),
     "budget_exceeded": (429, "insufficient_quota", "insufficient_quota"),
     "quota_exceeded": (429, "insufficient_quota", "insufficient_quota"),

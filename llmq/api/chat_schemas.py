@@ -4,10 +4,11 @@ into a job (:class:`JobCreate`), so the job's own validation and every rule of `
 Only what llmq can honour is accepted. A field OpenAI knows and llmq does not do (``audio``,
 ``logit_bias``, ...) is refused by name, any other unknown field as OpenAI refuses it
 ("Unrecognized request argument supplied"); parameters whose only value llmq can honour is the
-neutral one (``n``, ``frequency_penalty``, ``logprobs``) are accepted at that value. The fields
-the job carries as they are (``tools``, ``tool_choice``, ``response_format``, ``stop``, ``seed``,
-``top_p``, ``n``, message ``tool_calls``) are passed through to :class:`JobCreate`, which
-validates them; a job that cannot carry one refuses it there.
+neutral one (``frequency_penalty``, ``logprobs``, ``parallel_tool_calls``) are accepted at that
+value. The request surface jobs carry in OpenAI's own spelling (``api/request_surface.py``:
+content parts, ``tool_calls`` and tool messages, ``tools``, ``tool_choice``, ``response_format``,
+``stop``, ``seed``, ``top_p``, ``n``) is passed through to :class:`JobCreate` as it is, which
+validates it; the only renaming is the ``developer`` role, OpenAI's newer name for ``system``.
 
 llmq's own options (webhook, fallbacks, priority, ...) ride in an ``llmq`` object, which the SDK
 sends with ``extra_body={"llmq": {...}}``.
@@ -39,7 +40,7 @@ UNSUPPORTED_FIELDS = frozenset(
     }
 )
 # The job's fields of the same name and meaning, passed through as they are.
-PASSED_THROUGH = ("tools", "tool_choice", "response_format", "stop", "seed", "top_p", "parallel_tool_calls")
+PASSED_THROUGH = ("tools", "tool_choice", "response_format", "stop", "seed", "top_p", "n")
 # llmq's own options, inside ``"llmq": {...}``.
 LLMQ_OPTIONS = frozenset(
     {"webhook_url", "timeout_s", "fallbacks", "cache", "degraded_ok", "priority", "on_budget_exceeded"}
@@ -58,23 +59,14 @@ class ChatMessageIn(BaseModel):
     refusal: StrictStr | None = None
 
     def for_job(self) -> dict[str, Any]:
-        """The message as a job takes it: text parts joined into one string (what every provider
-        reads the same way), other parts and tool fields passed as they are."""
+        """The message as a job takes it (``request_surface.ChatMessage`` validates it there); an
+        assistant's earlier ``refusal`` is context no provider takes back, so it is left out."""
         message: dict[str, Any] = {"role": ROLES.get(self.role, self.role)}
-        content = self.content
-        if isinstance(content, list) and all(_is_text_part(p) for p in content):
-            content = "".join(str(p["text"]) for p in content)
-        if content is not None:
-            message["content"] = content
-        for name in ("name", "tool_calls", "tool_call_id"):
+        for name in ("content", "name", "tool_calls", "tool_call_id"):
             value = getattr(self, name)
             if value is not None:
                 message[name] = value
         return message
-
-
-def _is_text_part(part: dict[str, Any]) -> bool:
-    return part.get("type") == "text" and isinstance(part.get("text"), str) and set(part) == {"type", "text"}
 
 
 class StreamOptions(BaseModel):
@@ -96,14 +88,15 @@ class ChatCompletionCreate(BaseModel):
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
     temperature: StrictFloat | None = None
-    top_p: StrictFloat | None = None
-    n: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
-    parallel_tool_calls: StrictBool | None = None
-    response_format: dict[str, Any] | None = None
+    # Validated by JobCreate (request_surface.RequestOptions), with the same names.
+    top_p: Any = None
+    n: Any = None
+    stop: Any = None
+    seed: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Literal[True] | None = None  # what the providers do by default
+    response_format: Any = None
     user: StrictStr | None = None
     safety_identifier: StrictStr | None = None
     metadata: dict[str, Any] | None = None
@@ -129,9 +122,7 @@ class ChatCompletionCreate(BaseModel):
         for name in PASSED_THROUGH:
             value = getattr(self, name)
             if value is not None:
-                fields[name] = float(value) if name == "top_p" else value
-        if self.n is not None and self.n != 1:
-            fields["n"] = self.n
+                fields[name] = value
         user = self.safety_identifier or self.user
         if user is not None:
             fields["user"] = user

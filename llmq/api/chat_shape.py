@@ -31,11 +31,19 @@ def created_of(job: dict[str, Any]) -> int:
     return int(datetime.fromisoformat(job["created_at"].replace("Z", "+00:00")).timestamp())
 
 
-def finish_reason_of(job: dict[str, Any]) -> str:
+def choices_of(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result's choices (``{index, text, finish_reason, tool_calls}``): every one of a job that
+    asked for ``n`` > 1, else the one the result is."""
     result = job.get("result") or {}
-    if result.get("tool_calls"):
+    if result.get("choices"):
+        return list(result["choices"])
+    return [{"index": 0, **{k: result.get(k) for k in ("text", "finish_reason", "tool_calls")}}]
+
+
+def finish_reason_of(choice: dict[str, Any]) -> str:
+    if choice.get("tool_calls"):
         return "tool_calls"
-    return _FINISH_REASONS.get(result.get("finish_reason") or "stop", "stop")
+    return _FINISH_REASONS.get(choice.get("finish_reason") or "stop", "stop")
 
 
 def usage_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -54,50 +62,54 @@ def usage_of(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def tool_calls_of(job: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The result's tool calls in OpenAI's shape (``arguments`` a JSON string)."""
-    calls = (job.get("result") or {}).get("tool_calls")
+def tool_calls_of(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A choice's tool calls in OpenAI's shape (the job keeps them so: ``arguments`` a JSON string)."""
+    calls = choice.get("tool_calls")
     if not calls:
         return None
-    shaped = []
-    for call in calls:
-        function = call.get("function") or {"name": call.get("name"), "arguments": call.get("arguments")}
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments if arguments is not None else {})
-        shaped.append(
-            {
-                "id": call.get("id"),
-                "type": "function",
-                "function": {"name": function.get("name"), "arguments": arguments},
-            }
-        )
-    return shaped
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+        }
+        for c in calls
+    ]
 
 
 def model_of(job: dict[str, Any]) -> str:
     return str(job.get("served_by") or job["model"])
 
 
-def completion(job: dict[str, Any]) -> dict[str, Any]:
-    """The ``chat.completion`` object of a completed job."""
-    result = job.get("result") or {}
-    tool_calls = tool_calls_of(job)
+def message_of(choice: dict[str, Any]) -> dict[str, Any]:
+    tool_calls = tool_calls_of(choice)
+    text = choice.get("text") or ""
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": result.get("text") if (result.get("text") or not tool_calls) else None,
+        "content": text if text or not tool_calls else None,  # null beside tool calls, as OpenAI
         "refusal": None,
         "annotations": [],
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
+    return message
+
+
+def completion(job: dict[str, Any]) -> dict[str, Any]:
+    """The ``chat.completion`` object of a completed job."""
     return {
         "id": completion_id(job["id"]),
         "object": "chat.completion",
         "created": created_of(job),
         "model": model_of(job),
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason_of(job)}
+            {
+                "index": c["index"],
+                "message": message_of(c),
+                "logprobs": None,
+                "finish_reason": finish_reason_of(c),
+            }
+            for c in choices_of(job)
         ],
         "usage": usage_of(job),
         "service_tier": "default",
@@ -119,10 +131,12 @@ class ChunkMaker:
         }
         self.include_usage = include_usage
 
-    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def delta(
+        self, delta: dict[str, Any], finish_reason: str | None = None, index: int = 0
+    ) -> dict[str, Any]:
         chunk = {
             **self.base,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self.include_usage:
             chunk["usage"] = None  # as OpenAI: null on every chunk but the last

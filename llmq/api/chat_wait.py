@@ -26,7 +26,7 @@ import redis
 import structlog
 
 from llmq.api.chat_errors import job_error_body
-from llmq.api.chat_shape import ChunkMaker, finish_reason_of, sse, tool_calls_of
+from llmq.api.chat_shape import ChunkMaker, choices_of, finish_reason_of, sse, tool_calls_of
 from llmq.models.db import Database
 from llmq.models.submit import get_job
 from llmq.models.tables import job_public
@@ -113,20 +113,29 @@ def stream_events(waiter: Waiter, chunks: ChunkMaker) -> Iterator[str]:
 
 
 def _ending(job: dict[str, Any], sent: str, chunks: ChunkMaker) -> Iterator[str]:
+    """What follows the streamed text once the job ended: the rest of the first choice's text,
+    every other choice whole (``n`` > 1: only the first one streams as it grows), the tool calls,
+    each choice's ``finish_reason``, the usage if asked, ``[DONE]``."""
     if job["status"] != "completed":
         yield sse({"error": job_error_body(job)[1]})
         return
-    text = (job.get("result") or {}).get("text") or ""
-    if not text.startswith(sent):
+    choices = choices_of(job)
+    first = choices[0].get("text") or ""
+    if not first.startswith(sent):
         yield sse({"error": _diverged(job["id"])})
         return
-    if len(text) > len(sent):
-        yield sse(chunks.delta({"content": text[len(sent) :]}))
-    tool_calls = tool_calls_of(job)
-    if tool_calls:
-        delta = [{"index": i, **call} for i, call in enumerate(tool_calls)]
-        yield sse(chunks.delta({"tool_calls": delta}))
-    yield sse(chunks.delta({}, finish_reason_of(job)))
+    for choice in choices:
+        index = choice["index"]
+        text = (choice.get("text") or "")[len(sent) if index == 0 else 0 :]
+        if index != 0:
+            yield sse(chunks.delta({"role": "assistant", "content": ""}, index=index))
+        if text:
+            yield sse(chunks.delta({"content": text}, index=index))
+        tool_calls = tool_calls_of(choice)
+        if tool_calls:
+            delta = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+            yield sse(chunks.delta({"tool_calls": delta}, index=index))
+        yield sse(chunks.delta({}, finish_reason_of(choice), index=index))
     if chunks.include_usage:
         yield sse(chunks.usage(job))
     yield sse("[DONE]")

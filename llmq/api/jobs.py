@@ -14,6 +14,7 @@ from llmq.api.auth import require_tenant
 from llmq.api.correlation import current_traceparent
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
+from llmq.api.surface_checks import check_providers_can_serve
 from llmq.api.tenant_limits import check_models_allowed, check_submit_rate
 from llmq.config.providers import is_known_model
 from llmq.models.base import isoformat, utcnow
@@ -85,6 +86,10 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
                 type="validation_error",
             )
     check_models_allowed(g.tenant, [model, *(spec.fallbacks or [])])
+    request_options = spec.options_dict()
+    check_providers_can_serve(
+        providers, current_app.extensions["llmq.providers"], [model, *(spec.fallbacks or [])], request_options
+    )
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
         raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")
     timeout_s = float(spec.timeout_s) if spec.timeout_s is not None else settings.job_timeout_s
@@ -112,6 +117,7 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
         degraded_ok=spec.degraded_ok,
         priority=spec.priority,
         budget_wait=spec.on_budget_exceeded == "wait",
+        request_options=request_options,
     )
     try:
         with _db().transaction() as session:

@@ -3,7 +3,7 @@ generate ``/openapi.json``; nothing else describes the API."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -18,25 +18,19 @@ from pydantic import (
     model_validator,
 )
 
+from llmq.api.request_surface import MAX_PROMPT_CHARS, ChatMessage, RequestOptions, ToolCall, message_dict
 from llmq.config.model_ids import MODEL_PATTERN
 
-MAX_PROMPT_CHARS = 100_000
 JobStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-
-
-class JobCreate(BaseModel):
-    """``POST /v1/jobs``. Exactly one of ``messages`` and ``prompt``."""
+class JobCreate(RequestOptions):
+    """``POST /v1/jobs``. Exactly one of ``messages`` and ``prompt``; the generation options
+    (tools, response_format, stop, seed, top_p, n) come from ``RequestOptions``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: Annotated[list[Message], Field(min_length=1, max_length=1000)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)] | None = None
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
     model: Annotated[StrictStr, Field(max_length=200, pattern=MODEL_PATTERN + "|^auto$")] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
@@ -73,11 +67,11 @@ class JobCreate(BaseModel):
             raise ValueError("webhook_url is longer than 2048 characters")
         return value
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
         if self.prompt is not None:
             return [{"role": "user", "content": self.prompt}]
         assert self.messages is not None
-        return [m.model_dump() for m in self.messages]
+        return [message_dict(m) for m in self.messages]
 
 
 class JobListQuery(BaseModel):
@@ -88,9 +82,18 @@ class JobListQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=200)
 
 
-class Result(BaseModel):
+class Choice(BaseModel):
+    index: int
     text: str
     finish_reason: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Result(BaseModel):
+    text: str  # with response_format json_*: the JSON, already validated against the schema
+    finish_reason: str | None  # "tool_calls" when the model called tools
+    tool_calls: list[ToolCall] | None = None  # the first choice's, in OpenAI's shape
+    choices: list[Choice] | None = None  # every choice, when the job asked for n > 1
 
 
 class Usage(BaseModel):

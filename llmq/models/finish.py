@@ -109,6 +109,7 @@ def _result_values(result: CallResult, spent_usd: Decimal | None = None) -> dict
         "served_by": result.served_by,
         "cached": result.cached,
         "degraded": result.degraded,
+        "result_extra": result.extra,
     }
 
 
@@ -161,6 +162,7 @@ _BATCH_INPUTS = {
     "served_by": "text",
     "cached": "boolean",
     "degraded": "boolean",
+    "result_extra": "jsonb",  # passed as JSON text (``_json_or_none``)
     "outcome": "text",
     "http_status": "integer",
     "latency_ms": "integer",
@@ -177,8 +179,15 @@ _BATCH_INPUTS = {
 # The columns of _result_values the batch computes from its inputs rather than passes.
 _COMPUTED_IN_BATCH = {"total_tokens": "input.prompt_tokens + input.completion_tokens"}
 _RESULT_COLUMNS = tuple(_result_values(CallResult("", "", 0, 0, served_by=None, cost_usd=None, latency_ms=0)))
-# Of them, the ones each completion passes in an array (its value read from the job's view).
-_RESULT_INPUTS = tuple(column for column in _RESULT_COLUMNS if column not in _COMPUTED_IN_BATCH)
+# Of them, the ones each completion passes in an array as they are (read from the job's view);
+# result_extra is passed too, serialised to JSON text first.
+_RESULT_INPUTS = tuple(
+    column for column in _RESULT_COLUMNS if column not in _COMPUTED_IN_BATCH and column != "result_extra"
+)
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _sql_literal(value: Any) -> str:
@@ -289,6 +298,7 @@ def complete_jobs(
             "token": c.claim.lease_token,
             "number": c.claim.attempt_number,
             **{column: getattr(view, column) for column in _RESULT_INPUTS},
+            "result_extra": _json_or_none(c.result.extra),
             "outcome": _success_outcome(c.result).value,
             "http_status": c.result.http_status,
             "latency_ms": c.result.latency_ms,

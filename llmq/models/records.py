@@ -54,7 +54,7 @@ class NewJob:
     (``NEW_JOB_COLUMNS``); the others (``timeout_s``) are turned into columns by ``create_job``."""
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
     user: str | None = None
@@ -66,6 +66,8 @@ class NewJob:
     degraded_ok: bool = False
     priority: str = "interactive"  # interactive | bulk
     budget_wait: bool = False  # over budget: wait for the next period rather than fail
+    # tools, tool_choice, response_format, stop, seed, top_p, n (OpenAI's spelling), or None
+    request_options: dict[str, Any] | None = None
 
     def fingerprint(self) -> str:
         """The SHA-256 of the request, every field of it: an Idempotency-Key replay must match.
@@ -85,7 +87,11 @@ class NewJob:
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
 _ALWAYS = object()
-_HASHED_UNLESS_DEFAULT: dict[str, object] = {"priority": "interactive", "budget_wait": False}
+_HASHED_UNLESS_DEFAULT: dict[str, object] = {
+    "priority": "interactive",
+    "budget_wait": False,
+    "request_options": None,
+}
 # The fields of NewJob stored as they are, in the column of the same name.
 NEW_JOB_COLUMNS = tuple(name for name in _NEW_JOB_FIELDS if name in JOBS.c)
 
@@ -104,7 +110,7 @@ class ClaimedJob:
     attempt_number: int
     max_attempts: int
     model: str  # the model this attempt calls: the job's current model, else the requested one
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int | None
     temperature: float | None
     user: str | None
@@ -133,6 +139,7 @@ class ClaimedJob:
     request_id: str | None = None
     traceparent: str | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
+    request_options: dict[str, Any] | None = None  # see NewJob; None for a plain job
 
 
 # The fields of a ClaimedJob the claim itself gives, not the claimed row.
@@ -190,6 +197,8 @@ class CallResult:
     http_status: int | None = 200
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens: written to it
+    # Besides text: {"tool_calls": [...]} and/or {"choices": [...]}; None for a text answer.
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,12 @@ class Job(Base):
 
     # --- the request ---------------------------------------------------------------------------
     model: Mapped[str] = mapped_column(String(200))
-    messages: Mapped[list[dict[str, str]]] = mapped_column(JSONType)
+    # OpenAI's message shape: content a string or content parts (text, image_url), and the
+    # assistant's tool_calls / a tool message's tool_call_id when a conversation goes on.
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    # (0007_request_surface) tools, tool_choice, response_format, stop, seed, top_p, n as
+    # given, in OpenAI's spelling; None for a job that gave none (the common, cheapest case).
+    request_options: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     max_tokens: Mapped[int | None] = mapped_column(Integer)
     temperature: Mapped[float | None] = mapped_column(Float)
     end_user: Mapped[str | None] = mapped_column("user", String(128))
@@ -128,6 +133,9 @@ class Job(Base):
     degraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     result_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    # What a result holds besides text (0007_request_surface): {"tool_calls": [...]} and/or
+    # {"choices": [...]} (n > 1); None for a text-only answer.
+    result_extra: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -303,7 +311,13 @@ def job_public(job: Any) -> dict[str, Any]:
         }
     result = None
     if job.status == "completed":
-        result = {"text": job.result_text or "", "finish_reason": job.finish_reason}
+        extra = job.result_extra or {}
+        result = {
+            "text": job.result_text or "",
+            "finish_reason": job.finish_reason,
+            "tool_calls": extra.get("tool_calls"),
+            "choices": extra.get("choices"),
+        }
     error = None
     if job.error_type:
         error = {"type": job.error_type, "message": job.error_message or ""}

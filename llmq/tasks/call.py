@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
@@ -39,12 +40,36 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
         timeout_s = max(0.1, min(timeout_s, (claim.deadline_at - now).total_seconds()))
     return ProviderRequest(
         model=bare_model,
-        messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in claim.messages),
+        messages=tuple(_message(m) for m in claim.messages),
         max_tokens=claim.max_tokens,
         temperature=claim.temperature,
         user=claim.user,
         timeout_s=timeout_s,
+        options=claim.request_options,
     )
+
+
+def _message(m: dict[str, Any]) -> ChatMessage:
+    if len(m) == 2:  # {"role", "content"}: a plain turn, the common case
+        return ChatMessage(role=m["role"], content=m["content"])
+    return ChatMessage(
+        role=m["role"],
+        content=m.get("content"),
+        tool_calls=m.get("tool_calls"),
+        tool_call_id=m.get("tool_call_id"),
+    )
+
+
+def _extra(response: ProviderResponse) -> dict[str, Any] | None:
+    """What the job's result holds besides text: tool calls, the choices of n > 1."""
+    if response.tool_calls is None and response.choices is None:
+        return None
+    extra: dict[str, Any] = {}
+    if response.tool_calls is not None:
+        extra["tool_calls"] = response.tool_calls
+    if response.choices is not None:
+        extra["choices"] = response.choices
+    return extra
 
 
 @dataclass
@@ -133,6 +158,7 @@ def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallO
             latency_ms=latency_ms,
             cached_tokens=response.cached_tokens,
             cache_write_tokens=response.cache_write_tokens,
+            extra=_extra(response) if claim.request_options is not None else None,
         )
     )
 

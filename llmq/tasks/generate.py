@@ -324,6 +324,7 @@ def _from_cache(answer: CachedAnswer) -> CallResult:
         latency_ms=0,
         cached=True,
         http_status=None,
+        extra=answer.extra,
     )
 
 
@@ -334,6 +335,7 @@ def _to_cache(result: CallResult) -> CachedAnswer:
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         served_by=result.served_by or "",
+        extra=result.extra,
     )
 
 

@@ -12,10 +12,12 @@ Two layers::
 The key is a SHA-256 over a normalised request (:func:`cache_key`): sorted-key JSON of the model,
 the messages (role, content, and name when given) and the parameters that shape the answer, with
 ``None`` values dropped and whole floats written as integers (``temperature=0`` and ``0.0`` are
-one key). Callers pass the *effective* parameters, after defaults were applied, so that a job
-that leaves ``max_tokens`` unset and one that sets it to the default share an entry. The tenant
-id is part of the hashed request: another tenant's answer is never found unless the caller
-passes ``tenant_id=None`` (``[cache] shared_across_tenants``; :meth:`ResponseCache.key` does so).
+one key). Content parts, tool calls and tool results are part of a message; the request options
+(tools, response_format, stop, seed, top_p, n) are part of the parameters. Callers pass the
+*effective* parameters, after defaults were applied, so that a job that leaves ``max_tokens``
+unset and one that sets it to the default share an entry. The tenant id is part of the hashed
+request: another tenant's answer is never found unless the caller passes ``tenant_id=None``
+(``[cache] shared_across_tenants``; :meth:`ResponseCache.key` does so).
 
 Answers are stored as JSON (:class:`CachedAnswer`), never pickled. A cache is an optimisation:
 a Redis error or an unreadable entry is logged and treated as a miss (``get``) or skipped
@@ -61,6 +63,7 @@ class CachedAnswer:
     prompt_tokens: int
     completion_tokens: int
     served_by: str
+    extra: dict[str, Any] | None = None  # tool calls, the choices of n > 1 (CallResult.extra)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -76,11 +79,14 @@ class CachedAnswer:
             prompt_tokens=data["prompt_tokens"],
             completion_tokens=data["completion_tokens"],
             served_by=data["served_by"],
+            extra=data.get("extra"),
         )
         if not isinstance(answer.text, str) or not isinstance(answer.served_by, str):
             raise ValueError("text and served_by must be strings")
         if not isinstance(answer.prompt_tokens, int) or not isinstance(answer.completion_tokens, int):
             raise ValueError("token counts must be integers")
+        if answer.extra is not None and not isinstance(answer.extra, dict):
+            raise ValueError("extra must be an object")
         return answer
 
 
@@ -105,11 +111,15 @@ def _normal(value: Any) -> Any:
     raise TypeError(f"cannot key a cache on a {type(value).__name__}")
 
 
+# What of a message shapes the answer: its text or content parts, and the tool turns.
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
 def _message(message: Any) -> dict[str, Any]:
     if isinstance(message, Mapping):
-        fields = {k: message.get(k) for k in ("role", "content", "name")}
+        fields = {k: message.get(k) for k in _MESSAGE_KEYS}
     else:
-        fields = {k: getattr(message, k, None) for k in ("role", "content", "name")}
+        fields = {k: getattr(message, k, None) for k in _MESSAGE_KEYS}
     return {k: _normal(v) for k, v in fields.items() if v is not None}
 
 

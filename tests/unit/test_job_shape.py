@@ -79,7 +79,24 @@ def completed_job() -> SimpleNamespace:
         cached=False,
         degraded=True,
         result_text="hello",
-        finish_reason="stop",
+        finish_reason="tool_calls",
+        result_extra={
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "hello",
+                    "finish_reason": "tool_calls",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
+                {"index": 1, "text": "hi", "finish_reason": "stop", "tool_calls": None},
+            ],
+        },
+        request_options={"tools": [{"type": "function", "function": {"name": "f"}}], "n": 2},
         prompt_tokens=3,
         completion_tokens=2,
         total_tokens=5,
@@ -191,6 +208,7 @@ def test_fingerprint_covers_every_field() -> None:
         "degraded_ok": True,
         "priority": "bulk",
         "budget_wait": True,
+        "request_options": {"seed": 1},
     }
     assert set(changed) == {f.name for f in fields(NewJob)}
     prints = {NewJob(**{**vars(base), name: value}).fingerprint() for name, value in changed.items()}

@@ -65,7 +65,7 @@ def test_prompt_bad_values(prompt: Any) -> None:
         [{"role": "tool", "content": "x"}],
         [{"role": "user"}],
         [{"role": "user", "content": ""}],
-        [{"role": "user", "content": "x", "name": "n"}],
+        [{"role": "user", "content": "x", "colour": "n"}],
         [{"role": "user", "content": 3}],
     ],
 )

@@ -17,7 +17,10 @@ def request_params(claim: ClaimedJob, default_max_tokens: int) -> dict[str, Any]
     default, so it shares a cache key with a job that asked for the default, and with no job made
     under another default."""
     max_tokens = claim.max_tokens if claim.max_tokens is not None else default_max_tokens
-    return {"max_tokens": max_tokens, "temperature": claim.temperature}
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": claim.temperature}
+    if claim.request_options is not None:  # tools, response_format, stop, seed, top_p, n
+        params["options"] = claim.request_options
+    return params
 
 
 class CacheStage:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llmq.config.model_ids import split_model
 from llmq.models.keys import model_allowed
 from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.stages import Hit, Ticket
+from llmq.workers.capabilities import unsupported
+from llmq.workers.providers.registry import UnknownProviderError
 from llmq.workers.routing import choose_model, fallback_chain
 
 if TYPE_CHECKING:
@@ -29,7 +32,25 @@ def primary_model(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[str, str | None
 def model_chain(rt: WorkerRuntime, claim: ClaimedJob) -> tuple[list[str], str | None]:
     primary, reason = primary_model(rt, claim)
     chain = [primary, *fallback_chain(primary, claim.fallbacks, rt.providers)]
+    if claim.request_options is not None:
+        chain = _capable_chain(rt, claim, chain)
     return _allowed_chain(rt, claim, chain), reason
+
+
+def _capable_chain(rt: WorkerRuntime, claim: ClaimedJob, chain: list[str]) -> list[str]:
+    """The fallbacks whose provider can serve the job's options (tools, seed, n, ...). The API
+    refused at submit a model or fallback the job named itself that cannot; a fallback the
+    providers file adds that cannot is skipped here rather than called to fail."""
+    capable = [chain[0]]
+    for model in chain[1:]:
+        try:
+            provider, _ = split_model(model)
+            kind = rt.registry.spec(provider).kind
+        except (ValueError, UnknownProviderError):
+            continue
+        if not unsupported(kind, claim.request_options):
+            capable.append(model)
+    return capable
 
 
 class RouteStage:

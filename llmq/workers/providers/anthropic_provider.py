@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2
 from anthropic import omit
 
+from llmq.workers.providers import anthropic_surface as surface
 from llmq.workers.providers.base import (
     ProgressCallback,
     ProviderRequest,
@@ -106,6 +108,8 @@ class AnthropicProvider(SdkProvider):
     # --- the call --------------------------------------------------------------------------------
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
+        if surface.needs_mapping(request):
+            return self._surface_params(request)
         system = [m.content for m in request.messages if m.role == "system"]
         messages: list[MessageParam] = []
         for m in request.messages:
@@ -128,6 +132,23 @@ class AnthropicProvider(SdkProvider):
             "timeout": self._timeout,
         }
 
+    def _surface_params(self, request: ProviderRequest) -> dict[str, Any]:
+        """A request with options, images or tool turns (``anthropic_surface.py``)."""
+        system, messages = surface.conversation(request.messages)
+        params, extra_body = surface.request_options(request.options or {})
+        if request.temperature is not None:
+            extra_body["temperature"] = request.temperature
+        return {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens if request.max_tokens is not None else self._default_max_tokens,
+            "system": system if system is not None else omit,
+            "metadata": {"user_id": request.user} if request.user is not None else omit,
+            "extra_body": extra_body or None,
+            "timeout": self._timeout,
+            **params,
+        }
+
     async def _complete(
         self, request: ProviderRequest, on_progress: ProgressCallback | None, meter: StreamMeter
     ) -> ProviderResponse:
@@ -137,7 +158,10 @@ class AnthropicProvider(SdkProvider):
                 message = await self._client.messages.create(**params)
             except anthropic.AnthropicError as exc:
                 raise self._map_error(exc, request) from exc
-            return _from_message(message)
+            response = _from_message(message)
+            if request.options is not None and message.stop_reason == "tool_use":
+                response = replace(response, tool_calls=surface.tool_calls_of(message))
+            return response
 
         # The SDK makes the request and raises its typed errors for an error status; the event
         # stream is read as plain JSON lines (``_consume``), without a model object per event.
@@ -147,7 +171,18 @@ class AnthropicProvider(SdkProvider):
                 **params, stream=True
             ) as response:
                 streaming = True
-                return await self._consume(response.http_response.aiter_bytes(), on_progress, request, meter)
+                body = response.http_response.aiter_bytes()
+                if request.options is not None:
+                    return await surface.consume_stream(
+                        body,
+                        on_progress,
+                        meter,
+                        self.name,
+                        normalise_stop_reason,
+                        lambda event: self._stream_error(event, request),
+                        _prompt_tokens,
+                    )
+                return await self._consume(body, on_progress, request, meter)
         except (anthropic.AnthropicError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
 
@@ -216,7 +251,7 @@ class AnthropicProvider(SdkProvider):
         text = scrub_message(
             f"{self.name}: stream error: {message}",
             secrets=(self._api_key,),
-            prompts=(m.content for m in request.messages),
+            prompts=(m.text for m in request.messages),
         )
         details = _body_error(event).get("details")
         code = details.get("error_code") if isinstance(details, dict) else None
@@ -230,9 +265,7 @@ class AnthropicProvider(SdkProvider):
         self, exc: Exception, request: ProviderRequest, *, streaming: bool = False
     ) -> ProviderError:
         def scrub(text: str) -> str:
-            return scrub_message(
-                text, secrets=(self._api_key,), prompts=(m.content for m in request.messages)
-            )
+            return scrub_message(text, secrets=(self._api_key,), prompts=(m.text for m in request.messages))
 
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException) and not dropped_connection(
             exc

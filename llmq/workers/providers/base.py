@@ -19,7 +19,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import httpx2
 
 from llmq.workers.providers.errors import ProviderError, ProviderTimeoutError
+from llmq.workers.providers.json_output import check_json_output, wants_json
 from llmq.workers.providers.usage import ProviderUsage, StreamMeter
+from llmq.workers.tokens import content_text
 
 __all__ = [
     "ChatMessage",
@@ -38,8 +40,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # system | user | assistant
-    content: str
+    """One message in OpenAI's shape. ``content`` is a string, or a list of content parts
+    (``{"type": "text", ...}``, ``{"type": "image_url", ...}``), or None for an assistant turn
+    that only called tools."""
+
+    role: str  # system | user | assistant | tool
+    content: Any
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls (OpenAI's shape)
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+    @property
+    def text(self) -> str:
+        """The text of ``content`` (the text parts joined), for scrubbing and estimates."""
+        return self.content if isinstance(self.content, str) else content_text(self.content)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,9 @@ class ProviderRequest:
     temperature: float | None
     user: str | None = None
     timeout_s: float = 120.0  # total deadline for the call, stream included
+    # tools, tool_choice, response_format, stop, seed, top_p, n as the job gave them (OpenAI's
+    # spelling; each provider maps them); None for a plain job, whose call is built as before.
+    options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,12 @@ class ProviderResponse:
     # and written to it (see ``providers/usage.py``).
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    # The first choice's tool calls, OpenAI's shape: [{"id", "type": "function", "function":
+    # {"name", "arguments" (JSON text)}}]; None when the model called none.
+    tool_calls: list[dict[str, Any]] | None = None
+    # Every choice when the request asked for n > 1: [{"index", "text", "finish_reason",
+    # "tool_calls"}]; None otherwise (the first choice is also text/finish_reason/tool_calls).
+    choices: list[dict[str, Any]] | None = None
 
 
 ProgressCallback = Callable[[str, int], None]
@@ -155,12 +177,16 @@ class SdkProvider:
         self, request: ProviderRequest, on_progress: ProgressCallback | None = None
     ) -> ProviderResponse:
         """The call under its deadline. A failure after output had streamed says what the
-        provider billed (``ProviderError.billed``), from the stream's meter."""
+        provider billed (``ProviderError.billed``), from the stream's meter. An answer that
+        misses the job's ``response_format`` is a failure too (``json_output.py``)."""
         meter = StreamMeter()
         try:
-            return await with_deadline(
+            response = await with_deadline(
                 self._complete(request, on_progress, meter), request.timeout_s, provider=self.name
             )
+            if request.options is not None and wants_json(request.options):
+                check_json_output(request.options, response, self.name)
+            return response
         except ProviderError as exc:
             if exc.billed is None:
                 exc.billed = meter.billed(request.messages)

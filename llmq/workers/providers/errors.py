@@ -13,7 +13,9 @@ Our exception hierarchy::
     │   ├── ProviderTimeoutError       "timeout"             SDK read timeout or our call deadline
     │   ├── ProviderConnectionError    "connection_error"    DNS, refused, reset before an answer
     │   ├── ProviderStreamError        "stream_error"        a stream that broke or ended early
-    │   └── ProviderServerError        "provider_error"      5xx, 529 overloaded, 408, 409
+    │   ├── ProviderServerError        "provider_error"      5xx, 529 overloaded, 408, 409
+    │   └── InvalidJSONOutputError     "invalid_json_output" an answer that is not JSON, or not
+    │                                                        valid against response_format's schema
     └── PermanentError                 retryable=False
         ├── InvalidRequestError        "invalid_request"     400, 413, 422, other 4xx
         │   └── ContextLengthError     "context_length"      the prompt does not fit the window
@@ -44,6 +46,7 @@ __all__ = [
     "AuthError",
     "ContentPolicyError",
     "ContextLengthError",
+    "InvalidJSONOutputError",
     "InvalidRequestError",
     "ModelNotFoundError",
     "PermanentError",
@@ -134,6 +137,13 @@ class ProviderStreamError(TransientError):
 
 class ProviderServerError(TransientError):
     error_type = "provider_error"
+
+
+class InvalidJSONOutputError(TransientError):
+    """The call succeeded (and was billed) but its answer does not satisfy the job's
+    ``response_format``: a sampled answer may well satisfy it the next time, so it is retried."""
+
+    error_type = "invalid_json_output"
 
 
 class PermanentError(ProviderError):

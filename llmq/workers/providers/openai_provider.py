@@ -16,12 +16,13 @@ import json
 import re
 import ssl
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import openai
 from openai import omit
 
+from llmq.workers.providers import openai_surface as surface
 from llmq.workers.providers.base import (
     ProgressCallback,
     ProviderRequest,
@@ -97,7 +98,14 @@ class OpenAIProvider(SdkProvider):
             elif m.role == "user":
                 messages.append({"role": "user", "content": m.content})
             elif m.role == "assistant":
-                messages.append({"role": "assistant", "content": m.content})
+                if m.tool_calls:
+                    messages.append(
+                        cast(Any, {"role": "assistant", "content": m.content, "tool_calls": m.tool_calls})
+                    )
+                else:
+                    messages.append({"role": "assistant", "content": m.content})
+            elif m.role == "tool" and m.tool_call_id is not None:
+                messages.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
             else:
                 raise InvalidRequestError(f"{self.name}: unsupported message role {m.role!r}")
         # Only OpenAI itself (or its simulator) hosts these; compatible servers get max_tokens.
@@ -111,11 +119,15 @@ class OpenAIProvider(SdkProvider):
             "temperature": request.temperature if request.temperature is not None else omit,
             "user": request.user if request.user is not None else omit,
         }
+        if request.options is not None:
+            common.update(surface.request_options(request.options))
         if on_progress is None:
             try:
                 completion = await self._client.chat.completions.create(**common)
             except openai.OpenAIError as exc:
                 raise self._map_error(exc, request) from exc
+            if request.options is not None:
+                return surface.from_completion(completion, self.name)
             return self._from_completion(completion)
 
         # The SDK makes the request and raises its typed errors for an error status; the event
@@ -128,6 +140,10 @@ class OpenAIProvider(SdkProvider):
             ) as response:
                 streaming = True
                 body = response.http_response.aiter_bytes()
+                if request.options is not None:
+                    return await surface.consume_stream(
+                        body, response.http_request, on_progress, meter, self.name
+                    )
                 return await self._consume(body, response.http_request, on_progress, meter)
         except (openai.OpenAIError, httpx2.HTTPError, ssl.SSLError) as exc:
             raise self._map_error(exc, request, streaming=streaming) from exc
@@ -225,9 +241,7 @@ class OpenAIProvider(SdkProvider):
         self, exc: Exception, request: ProviderRequest, *, streaming: bool = False
     ) -> ProviderError:
         def scrub(text: str) -> str:
-            return scrub_message(
-                text, secrets=(self._api_key,), prompts=(m.content for m in request.messages)
-            )
+            return scrub_message(text, secrets=(self._api_key,), prompts=(m.text for m in request.messages))
 
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not dropped_connection(exc):
             where = "while streaming" if streaming else "waiting for the answer"
