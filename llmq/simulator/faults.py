@@ -19,6 +19,8 @@ Step kinds (``fault``), all of which accept an optional ``latency`` (seconds bef
     hang         hold the connection ``seconds`` (default 3600) without answering, then close it
     drop         close the connection without any response
     stream_drop  streaming: send ``after_words`` (default 3) words then abort; otherwise as drop
+    invalid_json a normal 200 answer, but a request for JSON output (response_format, Anthropic
+                 output_config) gets broken JSON: to prove a client's check and retry
 
 The statistics count every request that reaches a handler (faulted and invalid ones too), keep
 gauges of requests in flight with their peaks, and a bounded log of request timings that tests
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FAULT_KINDS = frozenset(
-    {"ok", "429", "500", "503", "529", "400", "401", "404", "hang", "drop", "stream_drop"}
+    {"ok", "429", "500", "503", "529", "400", "401", "404", "hang", "drop", "stream_drop", "invalid_json"}
 )
 MAX_REQUEST_RECORDS = 200_000
 # Statuses recorded for requests that got no complete HTTP answer.

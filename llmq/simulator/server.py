@@ -33,7 +33,7 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
-from llmq.simulator import faults, text
+from llmq.simulator import faults, surface, surface_wire, text
 from llmq.simulator.faults import FaultScripts, ScriptError, SimStats, Step
 from llmq.simulator.text import InvalidRequest, ParsedRequest, dumps, new_id
 from llmq.simulator.usage import PromptCache
@@ -192,7 +192,7 @@ async def _openai(
             "YOUR_KEY).",
         )
     try:
-        parsed = text.parse_openai(body)
+        parsed = _with_surface(text.parse_openai(body), surface.openai_surface(body))
     except InvalidRequest as err:
         return _error(_OPENAI, outcome, 400, "invalid_request_error", err.message, err.code, err.param)
     return await _answer(request, state, _OPENAI, parsed, outcome)
@@ -209,10 +209,17 @@ async def _anthropic(
             _ANTHROPIC, outcome, 400, "invalid_request_error", "anthropic-version: header is required"
         )
     try:
-        parsed = text.parse_anthropic(body)
+        parsed = _with_surface(text.parse_anthropic(body), surface.anthropic_surface(body))
     except InvalidRequest as err:
         return _error(_ANTHROPIC, outcome, 400, "invalid_request_error", err.message)
     return await _answer(request, state, _ANTHROPIC, parsed, outcome)
+
+
+def _with_surface(parsed: ParsedRequest, asked: surface.Surface | None) -> ParsedRequest:
+    if asked is None:
+        return parsed
+    tokens = parsed.prompt_tokens + surface.IMAGE_TOKENS * asked.images
+    return replace(parsed, surface=asked, prompt_tokens=tokens)
 
 
 async def _answer(
@@ -220,7 +227,7 @@ async def _answer(
 ) -> web.StreamResponse:
     step = state.scripts.next_step(parsed.model)
     stop_after: int | None = None
-    if step is not None and step.fault != "ok":
+    if step is not None and step.fault not in ("ok", "invalid_json"):
         if step.latency:
             await asyncio.sleep(step.latency)
         if step.fault == "hang":
@@ -245,6 +252,9 @@ async def _answer(
     # A step's latency: an "ok" step's replaces the normal latency; a fault's was waited above.
     ok_step = step if step is not None and step.fault == "ok" else None
     latency = state.latency(ok_step, request.headers.get("x-sim-latency"))
+    if parsed.surface is not None:
+        invalid_json = step is not None and step.fault == "invalid_json"
+        return await _surface_answer(request, outcome, api, parsed, state, latency, stop_after, invalid_json)
     words, cut = text.reply_words(parsed.last_user_text, state.config.reply_words, parsed.max_tokens)
     build = text.openai_stream if api == _OPENAI else text.anthropic_stream
     if parsed.stream:
@@ -257,6 +267,40 @@ async def _answer(
         return _json(outcome, 200, body, {"x-request-id": new_id("req_")})
     body = text.anthropic_message(parsed, reply, len(words), cut)
     return _json(outcome, 200, body, {"request-id": new_id("req_")})
+
+
+async def _surface_answer(
+    request: web.Request,
+    outcome: _Outcome,
+    api: str,
+    parsed: ParsedRequest,
+    state: _State,
+    latency: float,
+    stop_after: int | None,
+    invalid_json: bool,
+) -> web.StreamResponse:
+    """An answer to a request with tools, JSON output, stop, seed, n or images (``surface.py``)."""
+    assert parsed.surface is not None
+    choices = surface.choices_for(
+        parsed.surface,
+        parsed.last_user_text,
+        state.config.reply_words,
+        parsed.max_tokens,
+        invalid_json=invalid_json,
+    )
+    if parsed.stream:
+        if api == _OPENAI:
+            head, pieces, tail = surface_wire.openai_stream(parsed, choices)
+        else:
+            head, pieces, tail = surface_wire.anthropic_stream(parsed, choices[0])
+        return await _stream(request, outcome, head, pieces, tail, latency, stop_after)
+    await asyncio.sleep(latency)
+    if api == _OPENAI:
+        body = surface_wire.openai_completion(parsed, choices)
+        return _json(outcome, 200, body, {"x-request-id": new_id("req_")})
+    return _json(
+        outcome, 200, surface_wire.anthropic_message(parsed, choices[0]), {"request-id": new_id("req_")}
+    )
 
 
 async def _stream(

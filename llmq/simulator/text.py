@@ -24,9 +24,12 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmq.simulator.usage import anthropic_usage, openai_usage
+
+if TYPE_CHECKING:
+    from llmq.simulator.surface import Surface
 
 OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 ANTHROPIC_ROLES = ("user", "assistant")
@@ -111,6 +114,7 @@ class ParsedRequest:
     cache_prefix: str = ""  # the part of the prompt the provider may cache (``usage.py``)
     cached_tokens: int = 0  # of prompt_tokens, as the prompt cache decided
     cache_write_tokens: int = 0
+    surface: Surface | None = None  # tools, JSON output, stop, seed, n, images (``surface.py``)
 
 
 def count_prompt_tokens(texts: Iterable[str]) -> int:
@@ -118,15 +122,18 @@ def count_prompt_tokens(texts: Iterable[str]) -> int:
     return sum(math.ceil(len(text) / 4) + 3 for text in texts)
 
 
-def reply_words(last_user_text: str, words: int, max_tokens: int | None) -> tuple[list[str], bool]:
+def reply_words(
+    last_user_text: str, words: int, max_tokens: int | None, salt: str = "", shift: int = 0
+) -> tuple[list[str], bool]:
     """The reply as words (one word = one completion token), and whether ``max_tokens`` cut it.
 
     Deterministic: "Simulated answer to: <first words of the prompt>" then filler words chosen by
-    a checksum of the prompt, ``words`` in all.
+    a checksum of the prompt (and ``salt``: a seed), moved on by ``shift`` (a choice's index
+    times a stride, so the choices of one answer differ), ``words`` in all.
     """
     echo = last_user_text.split()[:_ECHO_WORDS]
     out = ["Simulated", "answer", "to:", *echo] if echo else ["Simulated", "answer."]
-    start = zlib.crc32(last_user_text.encode()) % len(_FILLER)
+    start = (zlib.crc32((last_user_text + salt).encode()) + shift) % len(_FILLER)
     i = 0
     while len(out) < words:
         out.append(_FILLER[(start + i) % len(_FILLER)])
