@@ -56,11 +56,15 @@ class ChatMessageIn(BaseModel):
     name: StrictStr | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: StrictStr | None = None
+    # What the SDK's own ChatCompletionMessage carries back when a caller appends it to the
+    # conversation: taken and left out, as no provider takes them back.
     refusal: StrictStr | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: None = None
+    function_call: None = None
 
     def for_job(self) -> dict[str, Any]:
-        """The message as a job takes it (``request_surface.ChatMessage`` validates it there); an
-        assistant's earlier ``refusal`` is context no provider takes back, so it is left out."""
+        """The message as a job takes it (``request_surface.ChatMessage`` validates it there)."""
         message: dict[str, Any] = {"role": ROLES.get(self.role, self.role)}
         for name in ("content", "name", "tool_calls", "tool_call_id"):
             value = getattr(self, name)

@@ -50,7 +50,7 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
 
 
 def _message(m: dict[str, Any]) -> ChatMessage:
-    if len(m) == 2:  # {"role", "content"}: a plain turn, the common case
+    if len(m) == 2 and "content" in m:  # {"role", "content"}: a plain turn, the common case
         return ChatMessage(role=m["role"], content=m["content"])
     return ChatMessage(
         role=m["role"],

@@ -5,13 +5,16 @@ same job is read back at ``/v1/jobs/<id>`` with the same text, usage and cost.""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from llmq.config.settings import Settings
@@ -277,3 +280,138 @@ def test_the_same_idempotency_key_answers_the_same_job(client: openai.OpenAI) ->
     first = client.chat.completions.create(**body, extra_headers=headers)
     second = client.chat.completions.create(**body, extra_headers=headers)
     assert first.id == second.id and first.choices[0].message.content == second.choices[0].message.content
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+PERSON_SCHEMA: Any = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+
+
+def test_a_tool_call_comes_back_parsed_by_the_sdk_and_the_tool_result_turn_is_answered(
+    client: openai.OpenAI, api: str, key: str
+) -> None:
+    question: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=question,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.tool_calls is not None and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
+    job = _job(api, key, answer.id)
+    assert job["result"]["tool_calls"] == [call.model_dump(exclude_none=True)]
+
+    followed = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            *question,
+            choice.message,  # the assistant's turn, the SDK's own object appended as it came
+            {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear", "celsius": 21}'},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert followed.choices[0].finish_reason == "stop" and followed.choices[0].message.content
+    assert followed.choices[0].message.tool_calls is None
+    stored = _job(api, key, followed.id)
+    sent = httpx.get(f"{api}/v1/jobs/{stored['id']}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert sent["status"] == "completed"
+
+
+def test_a_streamed_tool_call_arrives_as_tool_call_deltas(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Weather in Oslo, please"}],
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function is not None and calls[0].function.name == "get_weather"
+    assert calls[0].id and calls[0].function.arguments
+    jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_TOOL["function"]["parameters"])
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
+
+
+def test_response_format_json_schema_answers_json_that_fits_the_schema(
+    client: openai.OpenAI, api: str, key: str
+) -> None:
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Invent a person"}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True},
+        },
+    )
+    content = answer.choices[0].message.content
+    assert content is not None
+    jsonschema.validate(json.loads(content), PERSON_SCHEMA)
+    assert _job(api, key, answer.id)["result"]["text"] == content
+
+
+def test_the_sdks_parse_helper_returns_the_pydantic_object(client: openai.OpenAI) -> None:
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+
+    answer = client.chat.completions.parse(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Invent a person"}],
+        response_format=Person,
+    )
+    parsed = answer.choices[0].message.parsed
+    assert isinstance(parsed, Person) and parsed.name
+
+
+def test_stop_seed_top_p_and_n_reach_the_job(client: openai.OpenAI, api: str, key: str) -> None:
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Give me some words"}],
+        n=2,
+        seed=7,
+        top_p=0.9,
+        stop=["zzz-never"],
+    )
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.message.content for c in answer.choices)
+    assert answer.choices[0].message.content != answer.choices[1].message.content
+    job = _job(api, key, answer.id)
+    assert [c["text"] for c in job["result"]["choices"]] == [c.message.content for c in answer.choices]
+
+
+def test_a_parameter_the_provider_cannot_serve_is_unprocessable(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.chat.completions.create(
+            model="anthropic/claude-3-5-haiku-latest", messages=[{"role": "user", "content": "x"}], seed=1
+        )
+    assert caught.value.code == "unsupported_parameter" and "seed" in caught.value.message
