@@ -77,7 +77,7 @@ def create() -> Response:
         raise ApiError(
             429,
             "this API process has too many chat completions waiting; retry shortly",
-            type="rate_limited",
+            type="chat_capacity",
             headers={"Retry-After": "1"},
         )
     streaming = False

@@ -36,6 +36,7 @@ _API_TYPES: dict[str, tuple[str, str | None]] = {
     "tenant_disabled": ("invalid_request_error", "account_deactivated"),
     "model_not_allowed": ("invalid_request_error", "model_not_allowed"),
     "rate_limited": ("requests", "rate_limit_exceeded"),
+    "chat_capacity": ("requests", "too_many_waiting_requests"),  # the process's waiting slots
     "idempotency_conflict": ("invalid_request_error", "idempotency_conflict"),
     "unavailable": ("server_error", None),
 }

@@ -5,13 +5,14 @@ back in the pool between looks) every 50 ms at first, growing by half each time 
 ``chat_poll_max_s``: a quick answer is seen quickly and a long one costs about two reads a second.
 
 Streamed: the text the worker keeps in Redis while the call streams (``workers/progress.py``,
-written every ``LLMQ_PROGRESS_INTERVAL_S``) is read every ``STREAM_TICK_S``, and what it adds to
-what was sent goes out as a ``chat.completion.chunk``; the job's status is read at most every
-``chat_poll_max_s``. A report counts only under the lease token the job row holds, so an earlier
-attempt's text is never sent. When the final result does not begin with what was streamed (an
-attempt broke mid-answer and the retry said something else), the stream ends with an error event
-naming the job, whose result is then read at ``/v1/jobs/<id>``. A comment line goes out every
-``KEEPALIVE_S`` while nothing else does, so proxies keep the connection open.
+written every ``LLMQ_PROGRESS_INTERVAL_S``, so deltas come that often) is read every
+``STREAM_TICK_S``, and what it adds to what was sent goes out as a ``chat.completion.chunk``; the
+job's status is read on the same growing schedule as a plain wait. A report counts only under the
+lease token the job row holds, so an earlier attempt's text is never sent. When the final result
+does not begin with what was streamed (an attempt broke mid-answer and the retry said something
+else), the stream ends with an error event naming the job, whose result is then read at
+``/v1/jobs/<id>``. A comment line goes out every ``KEEPALIVE_S`` while nothing else does, so
+proxies keep the connection open.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def stream_events(waiter: Waiter, chunks: ChunkMaker) -> Iterator[str]:
     yield sse(chunks.delta({"role": "assistant", "content": "", "refusal": None}))
     sent = ""
     state = waiter.state()
-    next_state_at = time.monotonic() + FIRST_POLL_S
+    delay = FIRST_POLL_S
+    next_state_at = time.monotonic() + delay
     quiet_since = time.monotonic()
     while state is not None and not state.ended:
         now = time.monotonic()
@@ -106,7 +108,8 @@ def stream_events(waiter: Waiter, chunks: ChunkMaker) -> Iterator[str]:
             quiet_since = now
         if now >= next_state_at:
             state = waiter.state()
-            next_state_at = now + waiter.poll_max_s
+            delay = min(delay * 1.5, waiter.poll_max_s)
+            next_state_at = now + delay
         time.sleep(STREAM_TICK_S)
     job = waiter.job()
     yield from _ending(job, sent, chunks)

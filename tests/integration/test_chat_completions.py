@@ -17,6 +17,7 @@ import openai
 import pydantic
 import pytest
 
+from llmq.api.app import create_app
 from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
@@ -331,7 +332,7 @@ def test_a_tool_call_comes_back_parsed_by_the_sdk_and_the_tool_result_turn_is_an
         model="gpt-4o-mini",
         messages=[
             *question,
-            choice.message,  # the assistant's turn, the SDK's own object appended as it came
+            choice.message,  # type: ignore[list-item]  # the SDK's own object appended back, as callers do
             {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear", "celsius": 21}'},
         ],
         tools=[WEATHER_TOOL],
@@ -415,3 +416,42 @@ def test_a_parameter_the_provider_cannot_serve_is_unprocessable(client: openai.O
             model="anthropic/claude-3-5-haiku-latest", messages=[{"role": "user", "content": "x"}], seed=1
         )
     assert caught.value.code == "unsupported_parameter" and "seed" in caught.value.message
+
+
+def test_the_raw_stream_is_server_sent_events_ending_in_done(api: str, key: str) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "raw"}], "stream": True}
+    with httpx.stream(
+        "POST", f"{api}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["X-LLMQ-Job-Id"].startswith("job_")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith(("data: ", ":")) for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_past_the_processes_waiting_limit_a_request_is_refused_before_any_job_is_made(
+    settings: Settings, database: Database, worker: str, key: str
+) -> None:
+    """One waiting slot: a stream holds it until it is closed; meanwhile another request gets a
+    429 the SDK would retry, and no job."""
+    app = create_app(settings.model_copy(update={"chat_max_waiting": 1}))
+    auth = {"Authorization": f"Bearer {key}"}
+    body: Any = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hold"}]}
+    try:
+        client = app.test_client()
+        held = client.post(
+            "/v1/chat/completions", json={**body, "stream": True}, headers=auth, buffered=False
+        )
+        assert held.status_code == 200
+        refused = client.post("/v1/chat/completions", json=body, headers=auth)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert refused.get_json()["error"]["code"] == "too_many_waiting_requests"
+        assert len(client.get("/v1/jobs", headers=auth).get_json()["data"]) == 1  # the held one only
+        held.close()  # the stream ends: its slot is free again
+        answered = client.post("/v1/chat/completions", json=body, headers=auth)
+        assert answered.status_code == 200 and answered.get_json()["object"] == "chat.completion"
+    finally:
+        app.extensions["llmq.db"].dispose()
