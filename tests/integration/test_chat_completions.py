@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from llmq.models.tenants import IssuedKey, create_key
 from tests.integration.conftest import SimulatorControl, unique_model
 from tests.integration.services import (
     VENV_BIN,
+    WebhookReceiver,
     free_port,
     settings_env,
     start_process,
@@ -455,3 +457,60 @@ def test_past_the_processes_waiting_limit_a_request_is_refused_before_any_job_is
         assert answered.status_code == 200 and answered.get_json()["object"] == "chat.completion"
     finally:
         app.extensions["llmq.db"].dispose()
+
+
+def test_a_job_cancelled_while_the_call_waits_is_a_conflict_naming_it(
+    client: openai.OpenAI, api: str, key: str, sim: SimulatorControl
+) -> None:
+    model = unique_model("chat-cancel")
+    sim.script(model, [], default={"fault": "ok", "latency": 1.5})
+    auth = {"Authorization": f"Bearer {key}"}
+    caught: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            client.chat.completions.create(
+                model=f"openai/{model}", messages=[{"role": "user", "content": "x"}]
+            )
+        except BaseException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    job = wait_for(
+        lambda: next(iter(httpx.get(f"{api}/v1/jobs", headers=auth).json()["data"]), None),
+        what="the chat job",
+        interval=0.05,
+    )
+    assert httpx.post(f"{api}/v1/jobs/{job['id']}/cancel", headers=auth).status_code == 200
+    thread.join(30)
+    assert len(caught) == 1 and isinstance(caught[0], openai.ConflictError)
+    assert caught[0].code == "job_cancelled" and caught[0].response.headers["X-LLMQ-Job-Id"] == job["id"]
+    assert len(httpx.get(f"{api}/v1/jobs", headers=auth).json()["data"]) == 1  # the SDK did not retry
+
+
+def test_a_streamed_job_that_fails_ends_the_stream_with_an_api_error(
+    client: openai.OpenAI, sim: SimulatorControl
+) -> None:
+    model = unique_model("chat-stream-fail")
+    sim.script(model, [], default={"fault": "400", "code": "context_length_exceeded"})
+    stream = client.chat.completions.create(
+        model=f"openai/{model}", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as caught:
+        list(stream)
+    assert caught.value.code == "context_length_exceeded" and "job_" in caught.value.message
+
+
+def test_a_chat_jobs_webhook_fires_like_any_jobs(
+    client: openai.OpenAI, webhook_receiver: WebhookReceiver
+) -> None:
+    path = f"/chat/{uuid.uuid4().hex[:8]}"
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hook me"}],
+        extra_body={"llmq": {"webhook_url": webhook_receiver.url(path)}},
+    )
+    hook = wait_for(lambda: webhook_receiver.for_path(path), what="the webhook")[0].json()
+    assert hook["type"] == "job.completed" and f"chatcmpl-{hook['data']['id']}" == answer.id
+    assert hook["data"]["result"]["text"] == answer.choices[0].message.content
