@@ -40,7 +40,13 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
         timeout_s = max(0.1, min(timeout_s, (claim.deadline_at - now).total_seconds()))
     return ProviderRequest(
         model=bare_model,
-        messages=tuple(_message(m) for m in claim.messages),
+        messages=tuple(
+            # {"role", "content"}: a plain turn, the common case, built as it always was
+            ChatMessage(role=m["role"], content=m["content"])
+            if len(m) == 2 and "content" in m
+            else _message(m)
+            for m in claim.messages
+        ),
         max_tokens=claim.max_tokens,
         temperature=claim.temperature,
         user=claim.user,
@@ -50,8 +56,7 @@ def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: dat
 
 
 def _message(m: dict[str, Any]) -> ChatMessage:
-    if len(m) == 2 and "content" in m:  # {"role", "content"}: a plain turn, the common case
-        return ChatMessage(role=m["role"], content=m["content"])
+    """A turn with more than text: an assistant's tool calls, a tool result, a name."""
     return ChatMessage(
         role=m["role"],
         content=m.get("content"),

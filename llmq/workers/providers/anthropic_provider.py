@@ -108,11 +108,13 @@ class AnthropicProvider(SdkProvider):
     # --- the call --------------------------------------------------------------------------------
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
-        if surface.needs_mapping(request):
+        if request.options is not None:
             return self._surface_params(request)
         system = [m.content for m in request.messages if m.role == "system"]
         messages: list[MessageParam] = []
         for m in request.messages:
+            if type(m.content) is not str or m.tool_calls is not None or m.role == "tool":
+                return self._surface_params(request)  # content parts (images), tool turns
             if m.role == "user":
                 messages.append({"role": "user", "content": m.content})
             elif m.role == "assistant":

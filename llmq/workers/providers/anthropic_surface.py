@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from llmq.workers.providers.base import (
     ChatMessage,
     ProgressCallback,
-    ProviderRequest,
     ProviderResponse,
     StreamMeter,
     sse_data,
@@ -42,7 +41,6 @@ __all__ = [
     "consume_stream",
     "content_blocks",
     "conversation",
-    "needs_mapping",
     "request_options",
     "tool_calls_of",
 ]
@@ -254,10 +252,3 @@ async def consume_stream(
         cache_write_tokens=meter.cache_write_tokens,
         tool_calls=calls or None,
     )
-
-
-def needs_mapping(request: ProviderRequest) -> bool:
-    """Whether a request needs this module: options, or messages beyond plain text turns."""
-    if request.options is not None:
-        return True
-    return any(type(m.content) is not str or m.tool_calls or m.role == "tool" for m in request.messages)
