@@ -280,27 +280,11 @@ async def _surface_answer(
     invalid_json: bool,
 ) -> web.StreamResponse:
     """An answer to a request with tools, JSON output, stop, seed, n or images (``surface.py``)."""
-    assert parsed.surface is not None
-    choices = surface.choices_for(
-        parsed.surface,
-        parsed.last_user_text,
-        state.config.reply_words,
-        parsed.max_tokens,
-        invalid_json=invalid_json,
-    )
-    if parsed.stream:
-        if api == _OPENAI:
-            head, pieces, tail = surface_wire.openai_stream(parsed, choices)
-        else:
-            head, pieces, tail = surface_wire.anthropic_stream(parsed, choices[0])
-        return await _stream(request, outcome, head, pieces, tail, latency, stop_after)
+    frames, body = surface_wire.reply(api == _OPENAI, parsed, state.config.reply_words, invalid_json)
+    if frames is not None:
+        return await _stream(request, outcome, *frames, latency, stop_after)
     await asyncio.sleep(latency)
-    if api == _OPENAI:
-        body = surface_wire.openai_completion(parsed, choices)
-        return _json(outcome, 200, body, {"x-request-id": new_id("req_")})
-    return _json(
-        outcome, 200, surface_wire.anthropic_message(parsed, choices[0]), {"request-id": new_id("req_")}
-    )
+    return _json(outcome, 200, body, {("x-request-id" if api == _OPENAI else "request-id"): new_id("req_")})
 
 
 async def _stream(

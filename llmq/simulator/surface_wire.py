@@ -10,11 +10,11 @@ import json
 import time
 from typing import Any
 
-from llmq.simulator.surface import Choice, stream_pieces
+from llmq.simulator.surface import Choice, choices_for, stream_pieces
 from llmq.simulator.text import Frames, ParsedRequest, dumps, new_id
 from llmq.simulator.usage import anthropic_usage, openai_usage
 
-__all__ = ["anthropic_message", "anthropic_stream", "openai_completion", "openai_stream"]
+__all__ = ["anthropic_message", "anthropic_stream", "openai_completion", "openai_stream", "reply"]
 
 _FRAGMENT = 8  # characters of tool call arguments per streamed piece
 
@@ -164,3 +164,16 @@ def anthropic_stream(parsed: ParsedRequest, choice: Choice) -> Frames:
         event("message_stop", {}),
     ]
     return head, pieces, tail
+
+
+def reply(
+    openai_api: bool, parsed: ParsedRequest, reply_words: int, invalid_json: bool
+) -> tuple[Frames | None, dict[str, Any] | None]:
+    """The answer to ``parsed`` (which has a surface): its stream's frames, or its body."""
+    assert parsed.surface is not None
+    choices = choices_for(
+        parsed.surface, parsed.last_user_text, reply_words, parsed.max_tokens, invalid_json=invalid_json
+    )
+    if parsed.stream:
+        return (openai_stream(parsed, choices) if openai_api else anthropic_stream(parsed, choices[0])), None
+    return None, (openai_completion(parsed, choices) if openai_api else anthropic_message(parsed, choices[0]))
