@@ -55,6 +55,9 @@ def create() -> Response:
     if not isinstance(body, dict):
         return openai_error(400, "The request body must be a JSON object.")
     chat = ChatCompletionCreate.model_validate(body)
+    if chat.stream_options is not None and not chat.stream:
+        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        return openai_error(400, message, param="stream_options", code="invalid_value")
     unknown = unsupported_llmq_options(chat.llmq)
     if unknown:
         return openai_error(

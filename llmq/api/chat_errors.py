@@ -78,20 +78,51 @@ def from_api_error(exc: ApiError) -> Response:
     type_, code = _API_TYPES.get(
         exc.type, ("invalid_request_error" if exc.status < 500 else "server_error", None)
     )
-    if exc.status == 404 and exc.type == "model_not_found":
-        code = "model_not_found"
-    return openai_error(exc.status, exc.message, type=type_, code=code or exc.type, headers=exc.headers)
+    headers = dict(exc.headers)
+    if exc.status == 409:  # the SDK retries a 409 (a lock timeout at OpenAI); here it would fail again
+        headers["x-should-retry"] = "false"
+    return openai_error(exc.status, exc.message, type=type_, code=code or exc.type, headers=headers)
+
+
+# The tags pydantic puts in the location of a discriminated union's member (a message's role, a
+# content part's or response_format's type): not part of the param as the client wrote it.
+_UNION_TAGS = {
+    "messages": {"system", "user", "assistant", "tool"},
+    "content": {"text", "image_url"},
+}
+_FORMAT_TAGS = {"text", "json_object", "json_schema"}
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _is_type_label(part: int | str) -> bool:
+    """A union member's label pydantic puts in a location (``str``, ``constrained-str``,
+    ``list[...]``, a model's class name): OpenAI's field names are all lower-case words."""
+    return isinstance(part, str) and (
+        part in _TYPE_LABELS or "[" in part or "-" in part or part[:1].isupper()
+    )
 
 
 def param_of(loc: tuple[int | str, ...]) -> str:
     """pydantic's location as OpenAI writes a param: ``messages.[0].content``."""
-    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
+    kept: list[int | str] = []
+    loc = tuple(p for p in loc if not _is_type_label(p))
+    for i, part in enumerate(loc):
+        if i >= 2 and isinstance(loc[i - 1], int) and part in _UNION_TAGS.get(str(loc[i - 2]), ()):
+            continue
+        if i >= 1 and loc[i - 1] == "response_format" and part in _FORMAT_TAGS:
+            continue
+        kept.append(part)
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in kept)
 
 
 def from_validation_error(exc: ValidationError, *, job: bool = False) -> Response:
     """A request OpenAI would refuse with 400; ``job`` True: raised by the job's own schema, so an
     unknown field there is one the chat request passed and a job cannot carry."""
-    first = exc.errors(include_url=False, include_input=False)[0]
+    errors = exc.errors(include_url=False, include_input=False)
+    # Of a union's errors (one per member), the deepest says most: the member the input meant.
+    first = max(errors, key=lambda e: len([p for p in e["loc"] if not _is_type_label(p)]))
     loc = tuple(first["loc"])
     param = param_of(loc)
     if first["type"] == "extra_forbidden":

@@ -115,7 +115,9 @@ class ChatCompletionCreate(BaseModel):
     def job_fields(self, default_provider: str = "openai") -> dict[str, Any]:
         """The body of the job this request becomes (validated by ``JobCreate``)."""
         fields: dict[str, Any] = {
-            "model": self.model if "/" in self.model else f"{default_provider}/{self.model}",
+            "model": self.model
+            if "/" in self.model or self.model == "auto"
+            else f"{default_provider}/{self.model}",
             "messages": [m.for_job() for m in self.messages],
         }
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

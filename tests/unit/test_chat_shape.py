@@ -162,3 +162,35 @@ def test_a_stream_whose_retry_answered_otherwise_ends_with_an_error_naming_the_j
     events = _events(_job(), "goodbye")
     assert len(events) == 1 and events[0]["error"]["code"] == "stream_diverged"
     assert "job_abc" in events[0]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": "user", "content": 5}, "messages.[0].content"),
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]},
+            "messages.[0].content.[0].image_url.url",
+        ),
+        ({"role": "tool", "content": "42"}, "messages.[0].tool_call_id"),
+    ],
+)
+def test_a_param_the_job_refuses_is_named_as_the_client_wrote_it(message: dict[str, Any], param: str) -> None:
+    status, error = _error_of({"model": "m", "messages": [message]}, job=True)
+    assert status == 400 and error["param"] == param
+
+
+def test_response_format_params_are_named_without_the_union_tag() -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p"}},
+    }
+    status, error = _error_of(body, job=True)
+    assert status == 400 and error["param"] == "response_format.json_schema.schema"
+
+
+def test_auto_stays_the_router_and_other_bare_names_are_openai_models() -> None:
+    message = [{"role": "user", "content": "x"}]
+    assert ChatCompletionCreate(model="auto", messages=message).job_fields()["model"] == "auto"  # type: ignore[arg-type]
+    assert ChatCompletionCreate(model="o3", messages=message).job_fields()["model"] == "openai/o3"  # type: ignore[arg-type]
