@@ -35,6 +35,7 @@ from llmq.api.chat_errors import (
 from llmq.api.chat_schemas import ChatCompletionCreate, unsupported_llmq_options
 from llmq.api.chat_shape import ChunkMaker, completion, created_of, model_of, sse
 from llmq.api.chat_wait import Waiter, stream_events
+from llmq.api.correlation import JOB_ID_HEADER
 from llmq.api.errors import ApiError
 from llmq.api.jobs import _json_body, accept_job
 from llmq.api.tenant_limits import check_submit_rate
@@ -44,7 +45,6 @@ from llmq.observability.sentry import capture_exception
 logger = structlog.get_logger(__name__)
 bp = Blueprint("chat", __name__)
 WAIT_HEADER = "X-LLMQ-Wait-Timeout"
-JOB_HEADER = "X-LLMQ-Job-Id"
 _slots_lock = threading.Lock()
 
 
@@ -87,7 +87,7 @@ def create() -> Response:
     try:
         check_submit_rate(g.tenant)
         job, _ = accept_job(spec, request.headers.get("Idempotency-Key"))
-        headers = {JOB_HEADER: job["id"], "Location": url_for("jobs.read", job_id=job["id"])}
+        headers = {JOB_ID_HEADER: job["id"], "Location": url_for("jobs.read", job_id=job["id"])}
         waiter = Waiter(
             db=current_app.extensions["llmq.db"],
             redis=current_app.extensions["llmq.redis"],

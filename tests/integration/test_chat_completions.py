@@ -22,9 +22,11 @@ from llmq.api.app import create_app
 from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
+from llmq.models.tables import Job
 from llmq.models.tenant_admin import update_tenant
 from llmq.models.tenants import IssuedKey, create_key
 from tests.integration.conftest import SimulatorControl, unique_model
+from tests.integration.otlp_collector import OtlpCollector
 from tests.integration.services import (
     VENV_BIN,
     WebhookReceiver,
@@ -57,6 +59,32 @@ def api(
         yield url
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def traced_api(
+    settings: Settings, database: Database, worker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, OtlpCollector]]:
+    """Another ``llmq api``, exporting its spans to an in-process OTLP collector."""
+    collector = OtlpCollector(port=free_port()).start()
+    port = free_port()
+    var = tmp_path_factory.mktemp("chat-traced-api")
+    env = {
+        **settings_env(settings),
+        "LLMQ_API_PORT": str(port),
+        "LLMQ_API_WORKERS": "1",
+        "LLMQ_VAR_DIR": str(var),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    proc = start_process([str(VENV_BIN / "llmq"), "api"], env, Path(var) / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, timeout=60, what="the API")
+        yield url, collector
+    finally:
+        stop_process(proc)
+        collector.stop()
 
 
 def _new_tenant(database: Database, **changes: Any) -> IssuedKey:
@@ -514,3 +542,30 @@ def test_a_chat_jobs_webhook_fires_like_any_jobs(
     hook = wait_for(lambda: webhook_receiver.for_path(path), what="the webhook")[0].json()
     assert hook["type"] == "job.completed" and f"chatcmpl-{hook['data']['id']}" == answer.id
     assert hook["data"]["result"]["text"] == answer.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_completion_is_the_root_span_of_its_jobs_trace(
+    traced_api: tuple[str, OtlpCollector], database: Database, key: str, stream: bool
+) -> None:
+    url, collector = traced_api
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me"}], stream=stream
+    )
+    job_id = raw.headers["X-LLMQ-Job-Id"]
+    if stream:
+        chunks: Any = raw.parse()  # a Stream of chunks (the call's type is a union over `stream`)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    (span,) = wait_for(
+        lambda: [
+            s
+            for s in collector.received()
+            if s.name == "llmq.submit" and s.attributes.get("llmq.job_id") == job_id
+        ],
+        what="the submit span",
+    )
+    assert span.service == "llmq-api" and span.attributes["http.response.status_code"] == 200
+    with database.session() as session:
+        traceparent = session.get(Job, job_id).traceparent  # type: ignore[union-attr]
+    assert traceparent is not None and traceparent.split("-")[1:3] == [span.trace_id, span.span_id]
