@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from llmq.api.auth import require_tenant
 from llmq.api.chat_errors import (
+    Refused,
     from_api_error,
     from_failed_job,
     from_validation_error,
@@ -38,6 +39,7 @@ from llmq.api.chat_wait import Waiter, stream_events
 from llmq.api.correlation import JOB_ID_HEADER
 from llmq.api.errors import ApiError
 from llmq.api.jobs import _json_body, accept_job
+from llmq.api.schemas import JobCreate
 from llmq.api.tenant_limits import check_submit_rate
 from llmq.config.providers import is_known_model
 from llmq.observability.sentry import capture_exception
@@ -51,29 +53,7 @@ _slots_lock = threading.Lock()
 @bp.post("/v1/chat/completions")
 @require_tenant
 def create() -> Response:
-    body = _json_body()
-    if not isinstance(body, dict):
-        return openai_error(400, "The request body must be a JSON object.")
-    chat = ChatCompletionCreate.model_validate(body)
-    if chat.stream_options is not None and not chat.stream:
-        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-        return openai_error(400, message, param="stream_options", code="invalid_value")
-    unknown = unsupported_llmq_options(chat.llmq)
-    if unknown:
-        return openai_error(
-            400, f"llmq does not know the option 'llmq.{unknown[0]}'", param=f"llmq.{unknown[0]}"
-        )
-    try:
-        spec = chat.to_job()
-    except ValidationError as exc:
-        return from_validation_error(exc, job=True)
-    model = spec.model or ""
-    if model != "auto" and not is_known_model(current_app.extensions["llmq.provider_specs"], model):
-        raise ApiError(
-            404,
-            f"The model `{chat.model}` does not exist or you do not have access to it.",
-            type="model_not_found",
-        )
+    chat, spec = _parse()
     wait_s = _wait_s()
     slots = _slots()
     if not slots.acquire(blocking=False):
@@ -97,13 +77,7 @@ def create() -> Response:
             poll_max_s=_settings().chat_poll_max_s,
         )
         if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            chunks = ChunkMaker(job["id"], created_of(job), model_of(job), include_usage)
-            response = Response(
-                stream_with_context(_guarded(stream_events(waiter, chunks), job["id"])),
-                mimetype="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            response = _stream(chat, job, waiter, headers)
             response.call_on_close(slots.release)  # when the stream ends or the client leaves
             streaming = True
             return response
@@ -120,6 +94,45 @@ def create() -> Response:
     if ended["cost_usd"] is not None:  # what the job's attempts were billed, as /v1/jobs says
         response.headers["X-LLMQ-Cost-USD"] = repr(ended["cost_usd"])
     return response
+
+
+def _parse() -> tuple[ChatCompletionCreate, JobCreate]:
+    """The request, and the job it becomes; refusals are raised in OpenAI's shape."""
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise Refused(openai_error(400, "The request body must be a JSON object."))
+    chat = ChatCompletionCreate.model_validate(body)
+    if chat.stream_options is not None and not chat.stream:
+        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        raise Refused(openai_error(400, message, param="stream_options", code="invalid_value"))
+    unknown = unsupported_llmq_options(chat.llmq)
+    if unknown:
+        param = f"llmq.{unknown[0]}"
+        raise Refused(openai_error(400, f"llmq does not know the option {param!r}", param=param))
+    try:
+        spec = chat.to_job()
+    except ValidationError as exc:
+        raise Refused(from_validation_error(exc, job=True)) from None
+    model = spec.model or ""
+    if model != "auto" and not is_known_model(current_app.extensions["llmq.provider_specs"], model):
+        raise ApiError(
+            404,
+            f"The model `{chat.model}` does not exist or you do not have access to it.",
+            type="model_not_found",
+        )
+    return chat, spec
+
+
+def _stream(
+    chat: ChatCompletionCreate, job: dict[str, Any], waiter: Waiter, headers: dict[str, str]
+) -> Response:
+    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+    chunks = ChunkMaker(job["id"], created_of(job), model_of(job), include_usage)
+    return Response(
+        stream_with_context(_guarded(stream_events(waiter, chunks), job["id"])),
+        mimetype="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _guarded(events: Any, job_id: str) -> Any:
@@ -174,6 +187,11 @@ def _slots() -> threading.BoundedSemaphore:
 
 def _settings() -> Any:
     return current_app.extensions["llmq.settings"]
+
+
+@bp.errorhandler(Refused)
+def _refused(exc: Refused) -> Response:
+    return exc.response
 
 
 @bp.errorhandler(ApiError)

@@ -58,6 +58,14 @@ _JOB_ERRORS: dict[str, tuple[int, str, str | None]] = {
 }
 
 
+class Refused(Exception):
+    """A refusal already shaped as OpenAI's error; the blueprint answers with its response."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 def openai_error(
     status: int,
     message: str,
