@@ -268,8 +268,8 @@ class RequestOptions(_Strict):
             raise ValueError("tools: every function needs its own name")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
             raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
-        if self.tool_choice in ("required",) and not names:
-            raise ValueError("tool_choice 'required' needs tools")
+        if self.tool_choice is not None and not names:
+            raise ValueError("tool_choice is only allowed when tools are given")
         return self
 
     def options_dict(self) -> dict[str, Any] | None:

@@ -199,7 +199,7 @@ def job(job_id: str) -> BaseResponse:
         tenant = session.get(Tenant, found.tenant_id) if viewer.is_admin else None
         context = {
             "job": _row(found, {found.tenant_id: tenant.name} if tenant else {}),
-            "messages": found.messages or [],
+            "messages": [_shown(m) for m in found.messages or []],
             "result_text": found.result_text,
             "error": (found.error_type, found.error_message) if found.error_type else None,
             "webhook_url": found.webhook_url,
@@ -221,3 +221,20 @@ def _error(exc: Exception) -> Response:
     logger.exception("ui_error", error=type(exc).__name__)
     capture_exception(exc)
     return _page("error.html", 500, viewer=None, message="Something went wrong; it has been reported.")
+
+
+def _shown(message: dict[str, Any]) -> dict[str, str]:
+    """A stored message as the job page shows it: its text, images and tool turns as notes."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "\n".join(
+            str(part.get("text", "")) if part.get("type") == "text" else "[image]" for part in content
+        )
+    lines = [content] if content else []
+    lines += [
+        f"[tool call {c['function']['name']}({c['function']['arguments']})]"
+        for c in message.get("tool_calls") or ()
+    ]
+    if message.get("tool_call_id"):
+        lines.insert(0, f"[result of {message['tool_call_id']}]")
+    return {"role": str(message.get("role", "")), "content": "\n".join(lines)}

@@ -60,7 +60,7 @@ def _attempts(database: Database, job_id: str) -> list[Attempt]:
         return list(session.query(Attempt).filter_by(job_id=job_id).order_by(Attempt.number))
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "local"])
 def test_tool_call_is_returned_and_the_conversation_goes_on_with_its_result(
     provider: str, client: FlaskClient, auth: dict[str, str]
 ) -> None:
@@ -108,7 +108,7 @@ def test_named_tool_choice_forces_that_tool(provider: str, client: FlaskClient, 
     assert [c["function"]["name"] for c in done["result"]["tool_calls"]] == ["check_stock"]
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "local"])
 def test_json_schema_result_is_valid_against_the_schema(
     provider: str, client: FlaskClient, auth: dict[str, str], database: Database
 ) -> None:
@@ -243,6 +243,14 @@ def test_what_anthropic_cannot_do_is_a_422_naming_parameter_and_provider(
     error = response.get_json()["error"]
     assert error["type"] == "unsupported_parameter"
     assert parameter in error["message"] and "'anthropic'" in error["message"]
+
+
+def test_auto_routes_a_job_with_options_to_a_model_that_can_serve_them(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
+    done = _run(client, auth, {"model": "auto", "prompt": "Name a colour", "seed": 5, "n": 2})
+    assert done["served_by"] == "openai/gpt-4o-mini"  # the default file's small model
+    assert len(done["result"]["choices"]) == 2
 
 
 def test_a_fallback_that_cannot_serve_the_request_is_refused_at_submit(

@@ -10,7 +10,11 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate
+from llmq.api.surface_checks import check_providers_can_serve
+from llmq.config.providers import ProviderSpec
+from llmq.config.providers_file import ProvidersConfig, RoutingConfig
 from llmq.simulator.surface import sample
 from llmq.workers.capabilities import unsupported
 from llmq.workers.providers.anthropic_surface import content_blocks, conversation, request_options
@@ -76,6 +80,7 @@ def test_response_format_text_is_the_default_and_not_stored() -> None:
         {"tools": [TOOL, TOOL]},
         {"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": [TOOL]},
         {"tool_choice": "required"},
+        {"tool_choice": "none"},
         {"stop": ["a", "b", "c", "d", "e"]},
         {"stop": ""},
         {"seed": 1.5},
@@ -274,3 +279,44 @@ def test_sampled_json_is_valid_against_its_schema(schema: dict[str, Any]) -> Non
     jsonschema.validate(value, schema)
     assert json.loads(json.dumps(value)) == value
     assert sample(schema, ["some", "words", "here", "and", "more"]) == value  # deterministic
+
+
+# --- the submit check ----------------------------------------------------------------------------
+
+
+def _specs() -> dict[str, ProviderSpec]:
+    return {
+        "openai": ProviderSpec("openai", "openai", None, "k"),
+        "anthropic": ProviderSpec("anthropic", "anthropic", None, "k"),
+        "local": ProviderSpec("local", "openai", "http://vllm/v1", "k"),
+    }
+
+
+def test_submit_check_refuses_a_model_or_fallback_whose_provider_cannot() -> None:
+    providers = ProvidersConfig()
+    check_providers_can_serve(_specs(), providers, ["openai/a", "local/b"], {"seed": 1, "n": 3})
+    check_providers_can_serve(_specs(), providers, ["anthropic/a"], None)
+    with pytest.raises(ApiError) as refused:
+        check_providers_can_serve(_specs(), providers, ["openai/a", "anthropic/b"], {"seed": 1})
+    assert (
+        refused.value.status == 422
+        and "'anthropic/b'" in str(refused.value)
+        and "'seed'" in str(refused.value)
+    )
+
+
+def test_submit_check_looks_at_both_models_auto_may_choose() -> None:
+    routing = RoutingConfig(small_model="openai/small", large_model="anthropic/large")
+    with pytest.raises(ApiError, match="'auto' may route to it"):
+        check_providers_can_serve(_specs(), ProvidersConfig(routing=routing), ["auto"], {"n": 2})
+    check_providers_can_serve(_specs(), ProvidersConfig(routing=routing), ["auto"], {"stop": ["x"]})
+
+
+def test_the_job_page_shows_parts_and_tool_turns_as_text() -> None:
+    from llmq.api.ui import _shown
+
+    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]
+    assert _shown({"role": "user", "content": parts}) == {"role": "user", "content": "look\n[image]"}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    assert _shown({"role": "assistant", "tool_calls": [call]})["content"] == '[tool call f({"a":1})]'
+    assert _shown({"role": "tool", "tool_call_id": "c1", "content": "ok"})["content"] == "[result of c1]\nok"
