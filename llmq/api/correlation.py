@@ -22,7 +22,10 @@ from llmq.observability import tracing
 
 HEADER = "X-Request-ID"
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_SUBMIT_ENDPOINT = "jobs.submit"
+# The requests that make a job: each is the root span of the job's trace. A chat completion's
+# span lasts as long as the call waits for its job (a stream's, until the stream starts).
+_SUBMIT_ENDPOINTS = frozenset({"jobs.submit", "chat.create"})
+JOB_ID_HEADER = "X-LLMQ-Job-Id"  # set by the chat completions view, whose body has no job id
 
 
 def request_id_from(header: str | None) -> str:
@@ -43,7 +46,7 @@ def init_correlation(app: Flask) -> None:
         g.request_id = request_id_from(request.headers.get(HEADER))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
-        if tracing.enabled() and request.endpoint == _SUBMIT_ENDPOINT:
+        if tracing.enabled() and request.endpoint in _SUBMIT_ENDPOINTS:
             g.submit_span = tracing.start_submit_span(
                 dict(request.headers.items()),
                 {
@@ -58,10 +61,12 @@ def init_correlation(app: Flask) -> None:
         response.headers[HEADER] = g.get("request_id", "")
         span = g.pop("submit_span", None)
         if span is not None:
-            job_id = response.get_json(silent=True) or {}
+            job_id = response.headers.get(JOB_ID_HEADER)
+            if job_id is None and not response.is_streamed:  # never read a stream here: it would buffer it
+                job_id = (response.get_json(silent=True) or {}).get("id")
             tracing.end_span(
                 span,
-                {"http.response.status_code": response.status_code, "llmq.job_id": job_id.get("id")},
+                {"http.response.status_code": response.status_code, "llmq.job_id": job_id},
                 error=None if response.status_code < 400 else f"HTTP {response.status_code}",
             )
         return response

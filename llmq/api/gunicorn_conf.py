@@ -2,6 +2,11 @@
 
 gthread workers: each request is short (a few database statements and one broker publish), so
 a few processes with a handful of threads each keep both cores busy without many connections.
+The exception is ``/v1/chat/completions``, which waits for its job (or streams it) on its thread:
+at most ``LLMQ_CHAT_MAX_WAITING`` threads of a process wait so (``api/chat.py``), the others stay
+free for short requests; raise ``LLMQ_API_THREADS`` with it for many concurrent chat callers. A
+long wait does not trip ``timeout``: a gthread worker's heartbeat comes from its main loop, not
+from the threads serving requests.
 
 Keep-alive: an idle connection is kept ``keepalive`` seconds (``LLMQ_API_KEEPALIVE_S``, 75 as
 nginx does, above the idle timeouts of the usual clients and load balancers: aiohttp 15 s, httpx

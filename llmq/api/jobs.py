@@ -65,6 +65,15 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     if not isinstance(body, dict):
         raise ApiError(422, "the request body must be a JSON object", type="validation_error")
     spec = JobCreate.model_validate(body)
+    payload, created = accept_job(spec, request.headers.get("Idempotency-Key"))
+    location = url_for("jobs.read", job_id=payload["id"])
+    return jsonify(payload), 202 if created else 200, {"Location": location}
+
+
+def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Store a validated job for the request's tenant and send it to the queue: the one way in,
+    for ``/v1/jobs`` and ``/v1/chat/completions`` alike. Returns the job object and whether it was
+    created (False: an Idempotency-Key replay, answered with the first job)."""
     settings = _settings()
     model = spec.model or settings.default_model
     providers = current_app.extensions["llmq.provider_specs"]
@@ -81,7 +90,6 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     check_providers_can_serve(
         providers, current_app.extensions["llmq.providers"], [model, *(spec.fallbacks or [])], request_options
     )
-    idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
         raise ApiError(422, "Idempotency-Key must be 1 to 255 characters", type="validation_error")
     timeout_s = float(spec.timeout_s) if spec.timeout_s is not None else settings.job_timeout_s
@@ -130,9 +138,8 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         raise ApiError(
             409, "this Idempotency-Key was already used with a different request", type="idempotency_conflict"
         ) from None
-    location = url_for("jobs.read", job_id=payload["id"])
     if not created:
-        return jsonify(payload), 200, {"Location": location}
+        return payload, False
     # The row is committed, so the job is durable: the database is the outbox. If the broker cannot
     # take the message now, the job is marked never-enqueued and the sweeper enqueues it later.
     job_submitted()
@@ -143,7 +150,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         except Exception:  # still safe: the sweeper re-enqueues stale queued jobs too
             logger.warning("enqueue_mark_failed", job_id=payload["id"])
     logger.info("job_submitted", job_id=payload["id"], model=model)
-    return jsonify(payload), 202, {"Location": location}
+    return payload, True
 
 
 @bp.get("/v1/jobs/<job_id>")

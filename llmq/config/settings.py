@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     # gunicorn worker) logs people out; set it (32+ random bytes) when the API runs several workers.
     ui_secret_key: str | None = None
     idempotency_ttl_s: int = 86400
+    # /v1/chat/completions waits this long for its job, then answers 504 with the job's id (the job
+    # runs on). Below the openai SDK's 600 s default timeout, so the client hears llmq's answer.
+    # A request may ask for less or more (X-LLMQ-Wait-Timeout), up to chat_wait_max_s.
+    chat_wait_s: float = Field(default=540.0, gt=0)
+    chat_wait_max_s: float = Field(default=3600.0, gt=0)
+    # While it waits, the job's status is read at most this far apart (its streamed text in Redis
+    # every 0.1 s): a waiting request costs about two primary-key reads a second, no held connection.
+    chat_poll_max_s: float = Field(default=0.5, gt=0)
+    # Chat completions one API process keeps waiting at once; each holds one gunicorn thread
+    # (LLMQ_API_THREADS, 8 by default), so the rest stay free for short requests. Past it: 429.
+    chat_max_waiting: int = Field(default=6, ge=1)
 
     # --- observability -------------------------------------------------------------------------
     sentry_dsn: str | None = Field(
