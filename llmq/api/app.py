@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from llmq.api import admin, jobs, limits, ops, providers, ui, usage
+from llmq.api import admin, batches, files, jobs, limits, ops, providers, ui, usage
 from llmq.api.correlation import init_correlation
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_metrics(app, db)
     register_error_handlers(app)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(files.bp)  # OpenAI's Batch API: /v1/files, /v1/batches
+    app.register_blueprint(batches.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
     app.register_blueprint(usage.bp)

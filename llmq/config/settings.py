@@ -163,6 +163,19 @@ class Settings(BaseSettings):
     ui_secret_key: str | None = None
     idempotency_ttl_s: int = 86400
 
+    # --- batches (/v1/files, /v1/batches; README "Batches") ----------------------------------
+    # Uploaded and written files (batch input, output and error JSONL); None: <var_dir>/files.
+    files_dir: Path | None = None
+    batch_max_lines: int = 50_000
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    # Lines made into jobs per transaction while a batch expands, and lines per write when its
+    # output is written: what a batch holds in memory at once.
+    batch_chunk_lines: int = 500
+    # How often ``llmq.batch_tick`` refreshes the batches' counts and moves them along.
+    batch_tick_s: float = 2.0
+    # The time "24h" stands for. Clients may only send "24h"; a test shortens what it means.
+    batch_completion_window_s: float = Field(default=86400.0, gt=0)
+
     # --- observability -------------------------------------------------------------------------
     sentry_dsn: str | None = Field(
         default=None, validation_alias=AliasChoices("SENTRY_DSN", "LLMQ_SENTRY_DSN")
@@ -217,6 +230,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.var_dir / "files"
 
     @property
     def broker_url(self) -> str:

@@ -66,6 +66,7 @@ class NewJob:
     degraded_ok: bool = False
     priority: str = "interactive"  # interactive | bulk
     budget_wait: bool = False  # over budget: wait for the next period rather than fail
+    batch_id: str | None = None  # the line of this batch (``/v1/batches``)
 
     def fingerprint(self) -> str:
         """The SHA-256 of the request, every field of it: an Idempotency-Key replay must match.
@@ -85,7 +86,11 @@ class NewJob:
 
 _NEW_JOB_FIELDS = tuple(f.name for f in fields(NewJob))
 _ALWAYS = object()
-_HASHED_UNLESS_DEFAULT: dict[str, object] = {"priority": "interactive", "budget_wait": False}
+_HASHED_UNLESS_DEFAULT: dict[str, object] = {
+    "priority": "interactive",
+    "budget_wait": False,
+    "batch_id": None,
+}
 # The fields of NewJob stored as they are, in the column of the same name.
 NEW_JOB_COLUMNS = tuple(name for name in _NEW_JOB_FIELDS if name in JOBS.c)
 

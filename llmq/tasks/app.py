@@ -5,7 +5,7 @@ lazily from the environment (for ``celery -A llmq.tasks.app worker``) unless
 :func:`configure_celery` was given a Settings first (the API and the tests do that).
 
 Queues: ``llm`` carries ``llmq.generate``; ``webhooks`` carries ``llmq.deliver_webhook`` and
-``llmq.sweep``, so a slow webhook receiver never holds an LLM worker slot.
+``llmq.sweep`` (and the batch tasks), so a slow webhook receiver never holds an LLM worker slot.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from llmq.tasks.broker import keep_one_client_per_channel
 
 LLM_QUEUE = "llm"
 WEBHOOK_QUEUE = "webhooks"
-TASK_MODULES = ["llmq.tasks.generate", "llmq.tasks.webhooks", "llmq.tasks.sweep"]
+TASK_MODULES = ["llmq.tasks.generate", "llmq.tasks.webhooks", "llmq.tasks.sweep", "llmq.tasks.batches"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -68,6 +68,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "llmq.generate": {"queue": LLM_QUEUE},
             "llmq.deliver_webhook": {"queue": WEBHOOK_QUEUE},
             "llmq.sweep": {"queue": WEBHOOK_QUEUE},
+            "llmq.batch_expand": {"queue": WEBHOOK_QUEUE},
+            "llmq.batch_tick": {"queue": WEBHOOK_QUEUE},
         },
         # Flower and `celery events` need task events.
         "worker_send_task_events": settings.task_events,
@@ -80,7 +82,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "llmq.sweep",
                 "schedule": settings.sweep_interval_s,
                 "options": {"expires": max(settings.sweep_interval_s * 2, 1.0)},
-            }
+            },
+            "llmq-batches": {
+                "task": "llmq.batch_tick",
+                "schedule": settings.batch_tick_s,
+                "options": {"expires": max(settings.batch_tick_s * 2, 1.0)},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -42,6 +42,22 @@ def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
     )
 
 
+def enqueue_batch_expand(batch_id: str) -> None:
+    """Make a batch's lines into jobs (``tasks/batches.py``); the batch tick re-sends it when the
+    expansion stops moving."""
+    celery_app.send_task("llmq.batch_expand", args=[batch_id], queue=WEBHOOK_QUEUE)
+
+
+def try_enqueue_batch_expand(batch_id: str) -> bool:
+    return _try(
+        lambda ident, countdown: enqueue_batch_expand(ident),
+        batch_id,
+        None,
+        "batch_enqueue_deferred",
+        "batch_id",
+    )
+
+
 def try_enqueue_job(job_id: str, countdown: float | None = None) -> bool:
     """Enqueue, or log and leave it to the sweeper when the broker cannot take it now (the job's
     row says it is queued and due: the sweeper sends every such job the broker does not carry)."""

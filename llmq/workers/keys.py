@@ -19,6 +19,7 @@ changing one orphans the keys already written under it.
                                          formatted with the job id: llmq:progress:<job id>
     CANCEL_CHANNEL    llmq:cancel        pub/sub channel of job cancels (tasks/inflight.py)
     SWEEP_LOCK        llmq:sweep-lock    the lock that keeps to one sweep at a time (tasks/sweep.py)
+    BATCH_TICK_LOCK   llmq:batch-tick-lock  one batch tick at a time (tasks/batches.py)
 
 The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
 are Celery's and not listed here. The rate limiter, the breakers and the budget ledger take a
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 __all__ = [
     "AUTH_EPOCH_KEY",
+    "BATCH_TICK_LOCK",
     "BREAKER_PREFIX",
     "BUDGET_PREFIX",
     "CACHE_PREFIX",
@@ -46,5 +48,6 @@ CACHE_PREFIX = "llmq:cache"
 PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
+BATCH_TICK_LOCK = "llmq:batch-tick-lock"
 TENANT_LIMIT_PREFIX = "llmq:tl"
 AUTH_EPOCH_KEY = "llmq:auth:epoch"
