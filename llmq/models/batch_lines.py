@@ -1,11 +1,12 @@
 """A batch's input lines made into jobs, a chunk per transaction.
 
 Each line of the input is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
-"body": <chat completions request>}``. A valid line becomes a job through :func:`create_job`, as
-``POST /v1/jobs`` makes one (the same records, retries, budgets and limits), with priority
-``bulk``, its ``custom_id`` in its metadata and the Idempotency-Key ``<batch>:<sha256(custom_id)>``
-(a custom_id repeated in the file is refused, not run twice). A line that cannot become a job is
-a :class:`BatchLineError` row, listed in the batch's error file and counted failed.
+"body": <chat completions request>}``. A valid line becomes a job as ``POST /v1/jobs`` makes one
+(``create_jobs`` writes the same rows as ``create_job``, a chunk per INSERT: the same records,
+retries, budgets and limits), with priority ``bulk``, its ``custom_id`` in its metadata and the
+Idempotency-Key ``<batch>:<sha256(custom_id)>`` (a custom_id repeated in the file is refused,
+not run twice). A line that cannot become a job is a :class:`BatchLineError` row, listed in the
+batch's error file and counted failed.
 
 The chunk, its jobs, its refused lines and the batch's new read position commit together, so a
 chunk retried after a crash starts where the last commit left off and makes no job twice.
@@ -28,8 +29,8 @@ from llmq.models.batch_tables import Batch, BatchLineError, StoredFile
 from llmq.models.files import FileStore
 from llmq.models.keys import model_allowed
 from llmq.models.openai_shapes import llmq_model
-from llmq.models.records import IdempotencyConflict, NewJob
-from llmq.models.submit import create_job
+from llmq.models.records import NewJob
+from llmq.models.submit import create_jobs
 from llmq.models.tables import ApiKey
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -75,7 +76,6 @@ class LineRules:
     allowed_models: tuple[str, ...] | None  # the batch's key's allow-list (None: every model)
     max_attempts: int
     timeout_s: float
-    idempotency_ttl_s: int
 
 
 class Refused(Exception):
@@ -169,6 +169,7 @@ def expand_chunk(
     assert source is not None
     chunk = Chunk(status=batch.status)
     errors: list[dict[str, Any]] = []
+    parsed: list[tuple[int, str, NewJob, str]] = []  # line, custom_id, job, Idempotency-Key
     line_number = batch.lines_read
     with open(store.path(source.storage_name), "rb") as handle:
         handle.seek(batch.bytes_read)
@@ -182,33 +183,31 @@ def expand_chunk(
                 continue  # a blank line (a trailing newline, say) is no request
             try:
                 custom_id, new = parse_line(raw, batch_id, rules)
-                job, created = create_job(
-                    session,
-                    tenant_id=batch.tenant_id,
-                    new=new,
-                    now=now,
-                    max_attempts=rules.max_attempts,
-                    idempotency_key=idempotency_key_of(batch_id, custom_id),
-                    idempotency_ttl_s=rules.idempotency_ttl_s,
-                    api_key_id=batch.api_key_id,
-                    request_id=batch.request_id,
-                )
-                if not created:
-                    raise Refused("duplicate_custom_id", f"custom_id {custom_id!r} is not unique", custom_id)
-                chunk.job_ids.append(job.id)
-            except IdempotencyConflict:
-                errors.append(
-                    _error_row(
-                        batch_id, line_number, custom_id, "duplicate_custom_id", "custom_id is not unique"
-                    )
-                )
             except Refused as refused:
                 errors.append(
                     _error_row(batch_id, line_number, refused.custom_id, refused.code, refused.message)
                 )
+                continue
+            parsed.append((line_number, custom_id, new, idempotency_key_of(batch_id, custom_id)))
         if not chunk.done:
             chunk.done = not handle.peek(1)  # nothing after this chunk's last line
         batch.bytes_read = handle.tell()
+    made = create_jobs(
+        session,
+        tenant_id=batch.tenant_id,
+        jobs=[(new, key) for _, _, new, key in parsed],
+        now=now,
+        max_attempts=rules.max_attempts,
+        api_key_id=batch.api_key_id,
+        request_id=batch.request_id,
+    )
+    for number, custom_id, _, key in parsed:
+        job_id = made.pop(key, None)  # the first line with the key made the job; the rest did not
+        if job_id is None:
+            message = f"custom_id {custom_id!r} is not unique in the batch"
+            errors.append(_error_row(batch_id, number, custom_id, "duplicate_custom_id", message))
+        else:
+            chunk.job_ids.append(job_id)
     if errors:
         session.execute(insert(BatchLineError), errors)
     chunk.refused = len(errors)

@@ -46,7 +46,7 @@ from llmq.models.files import FileStore, add_file
 from llmq.models.state import JobStatus
 from llmq.models.submit import mark_not_enqueued
 from llmq.tasks.app import celery_app
-from llmq.tasks.enqueue import enqueue_batch_expand, try_enqueue_job, try_enqueue_webhook
+from llmq.tasks.enqueue import enqueue_batch_expand, try_enqueue_jobs, try_enqueue_webhook
 from llmq.tasks.inflight import publish_cancel
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
 from llmq.workers.keys import BATCH_TICK_LOCK
@@ -69,7 +69,6 @@ def _rules(rt: WorkerRuntime, api_key_id: str | None) -> LineRules:
         allowed_models=allowed,
         max_attempts=rt.settings.max_attempts,
         timeout_s=rt.settings.job_timeout_s,
-        idempotency_ttl_s=rt.settings.idempotency_ttl_s,
     )
 
 
@@ -87,9 +86,10 @@ def expand(rt: WorkerRuntime, batch_id: str) -> int:
             chunk = expand_chunk(
                 session, batch_id, store, rules, chunk_lines=rt.settings.batch_chunk_lines, now=now
             )
-        for job_id in chunk.job_ids:
-            if not try_enqueue_job(job_id):
-                with rt.db.transaction() as session:
+        unsent = try_enqueue_jobs(chunk.job_ids)
+        if unsent:  # left to the sweeper, which sends every queued job never enqueued
+            with rt.db.transaction() as session:
+                for job_id in unsent:
                     mark_not_enqueued(session, job_id)
         made += len(chunk.job_ids)
         if chunk.done:
