@@ -23,10 +23,12 @@ from llmq.models.base import utcnow
 from llmq.models.batch_tables import StoredFile
 from llmq.models.files import (
     CountingWriter,
+    FileInUse,
     FileNotFound,
     FileStore,
     UploadTooLarge,
     add_file,
+    delete_file,
     file_public,
     get_file,
     list_files,
@@ -181,6 +183,23 @@ def content(file_id: str) -> Response:
     if not path.exists():
         raise ApiError(404, f"the content of file {file_id!r} is gone")
     return send_file(path, mimetype="application/jsonl", download_name=row.filename, conditional=False)
+
+
+@bp.delete("/v1/files/<file_id>")
+@require_tenant
+def delete(file_id: str) -> Response:
+    try:
+        with _db().transaction() as session:
+            row = delete_file(session, g.tenant.id, file_id)
+            storage_name = row.storage_name
+    except FileNotFound:
+        raise ApiError(404, f"no file {file_id!r}") from None
+    except FileInUse as exc:
+        raise ApiError(
+            409, f"file {file_id!r} is the input of batch {exc} (still running)", type="conflict"
+        ) from None
+    _store().discard(storage_name)
+    return jsonify({"id": file_id, "object": "file", "deleted": True})
 
 
 @bp.get("/v1/files")

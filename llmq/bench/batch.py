@@ -4,8 +4,8 @@ The whole stack of ``llmq bench`` (Redis, Postgres, the simulator, the API under
 webhook worker that runs the batch tasks, beat, the LLM workers), then, through the official
 ``openai`` SDK: upload a LINES-line JSONL file, create the batch, poll it until it ends, download
 its output. Reported: lines per second from the upload's first byte to the batch's
-``completed``, the time of each stage (upload, lines made into jobs, all lines ended, output
-written), and the peak memory (RSS) of the API, the LLM workers and the batch worker while it ran.
+``completed``, when each stage was first seen by the poll (uploaded, ``in_progress``,
+``finalizing``, ended), and the peak memory (RSS) of the API, the LLM workers and the batch worker while it ran.
 
     python -m llmq.bench.batch --lines 10000 --latency 0
     python -m llmq.bench.batch --lines 10000 --latency 10 --json batch-10s.json

@@ -165,6 +165,8 @@ def expand_chunk(
     batch = session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).first()
     if batch is None or batch.expanded or batch.status not in ("validating", "in_progress"):
         return Chunk(done=True, status=batch.status if batch else "")
+    if now >= batch.expires_at:  # the tick expires it: what is not read yet is never run
+        return Chunk(done=True, status=batch.status)
     source = session.get(StoredFile, batch.input_file_id)
     assert source is not None
     chunk = Chunk(status=batch.status)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmq.models.base import new_id
-from llmq.models.batch_tables import StoredFile
+from llmq.models.batch_tables import Batch, StoredFile
 
 
 class FileNotFound(LookupError):
@@ -154,10 +154,24 @@ def list_files(
     return rows[:limit], len(rows) > limit
 
 
+class FileInUse(Exception):
+    """The file is the input of a batch that has not ended."""
+
+
 def delete_file(session: Session, tenant_id: str, file_id: str) -> StoredFile:
+    """Forget the file (the caller removes its bytes after the commit). The input of a batch
+    still running is kept: its lines are read as the batch goes."""
     row = get_file(session, tenant_id, file_id)
+    open_batch = session.scalar(
+        select(Batch.id).where(Batch.input_file_id == file_id, Batch.status.in_(_OPEN_BATCH_STATES)).limit(1)
+    )
+    if open_batch is not None:
+        raise FileInUse(open_batch)
     session.delete(row)
     return row
+
+
+_OPEN_BATCH_STATES = ("validating", "in_progress", "finalizing", "cancelling")
 
 
 def file_public(row: StoredFile) -> dict[str, Any]:

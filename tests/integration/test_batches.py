@@ -339,6 +339,10 @@ def test_batches_list_pages_newest_first(api: str, tenant: IssuedKey, sim: Simul
     assert done.status == "completed"
     with pytest.raises(openai.ConflictError):  # an ended batch cannot be cancelled
         client.batches.cancel(made[0])
+    assert done.output_file_id is not None
+    assert client.files.delete(done.output_file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
 
 
 def test_upload_limits_and_bad_requests_answer_openai_shaped_400s(api: str, tenant: IssuedKey) -> None:
