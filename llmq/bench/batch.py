@@ -5,7 +5,8 @@ webhook worker that runs the batch tasks, beat, the LLM workers), then, through 
 ``openai`` SDK: upload a LINES-line JSONL file, create the batch, poll it until it ends, download
 its output. Reported: lines per second from the upload's first byte to the batch's
 ``completed``, when each stage was first seen by the poll (uploaded, ``in_progress``,
-``finalizing``, ended), and the peak memory (RSS) of the API, the LLM workers and the batch worker while it ran.
+``finalizing``, ended), and the peak memory (RSS) of the API, the LLM workers and the batch
+worker while it ran.
 
     python -m llmq.bench.batch --lines 10000 --latency 0
     python -m llmq.bench.batch --lines 10000 --latency 10 --json batch-10s.json
