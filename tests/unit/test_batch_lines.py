@@ -138,3 +138,31 @@ def test_each_line_job_has_one_line_in_the_output_or_the_error_file() -> None:
     assert line["response"]["body"]["error"]["message"] == "bad"
     cancelled, line = job_line(_job(status="cancelled", error_type="batch_expired", error_message="late"))
     assert not cancelled and line["response"] is None and line["error"]["code"] == "batch_expired"
+
+
+def test_the_documented_objects_are_the_ones_answered() -> None:
+    from llmq.api.batch_schemas import BatchOut, FileOut
+    from llmq.models.batch_tables import Batch, StoredFile
+    from llmq.models.batches import batch_public
+    from llmq.models.files import file_public
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    batch = Batch(
+        id="batch_1",
+        endpoint="/v1/chat/completions",
+        input_file_id="file-1",
+        completion_window="24h",
+        status="completed",
+        errors=[{"code": "invalid_json", "message": "x", "line": 1}],
+        metadata_={"k": "v"},
+        total=2,
+        completed=1,
+        failed=1,
+        created_at=now,
+        expires_at=now,
+        completed_at=now,
+    )
+    view = batch_public(batch)
+    assert BatchOut.model_validate(view).model_dump() == view
+    stored = StoredFile(id="file-1", purpose="batch", filename="in.jsonl", bytes=3, lines=1, created_at=now)
+    assert FileOut.model_validate(file_public(stored)).model_dump() == file_public(stored)
