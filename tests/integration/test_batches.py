@@ -143,7 +143,9 @@ def test_a_10000_line_batch_runs_every_line_once_with_the_sdk_unmodified(
 ) -> None:
     good = unique_model("batch")  # a bare OpenAI model name: openai/<name> on llmq
     failing = unique_model("batch-400")
-    sim.script(good, [], default={"fault": "ok", "latency": 0})
+    # The first 4 calls meet a 500 (5 in a row would open the model's breaker): those lines are
+    # retried, as any job is, and complete.
+    sim.script(good, [{"fault": "500", "latency": 0}] * 4, default={"fault": "ok", "latency": 0})
     sim.script(failing, [], default={"fault": "400", "message": "no such thing"})
     path = _hooked(database, tenant, webhook_receiver)
     lines: list[Any] = []
@@ -214,7 +216,13 @@ def test_a_10000_line_batch_runs_every_line_once_with_the_sdk_unmodified(
         bulk = session.scalar(
             select(func.count()).select_from(Job).where(Job.batch_id == batch.id, Job.priority == "bulk")
         )
+        retried = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.batch_id == batch.id, Job.status == "completed", Job.attempts > 1)
+        )
     assert jobs == bulk == sum(1 for v in expected.values() if v in {"ok", "provider_400"})
+    assert retried and retried >= 1  # the lines that met a 500 were retried to completion
 
     (event,) = _batch_events(webhook_receiver, path, tenant)
     assert event["type"] == "batch.completed" and event["data"]["id"] == batch.id
