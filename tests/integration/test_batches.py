@@ -22,9 +22,10 @@ from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
 from llmq.config.settings import Settings
+from llmq.models.base import utcnow
 from llmq.models.db import Database
 from llmq.models.tables import Job, Tenant
-from llmq.models.tenants import IssuedKey
+from llmq.models.tenants import IssuedKey, create_key
 from tests.integration.conftest import SimulatorControl, unique_model
 from tests.integration.services import (
     VENV_BIN,
@@ -272,6 +273,8 @@ def test_cancelling_a_running_batch_keeps_what_had_ended(
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     wait_for(lambda: _completed(client, batch.id) >= 40, timeout=60, what="40 lines to complete")
+    with pytest.raises(openai.ConflictError):  # a running batch still reads its input
+        client.files.delete(uploaded.id)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in {"cancelling", "cancelled"} and cancelling.cancelling_at
     done = _wait_final(client, batch.id, timeout=60)
@@ -327,7 +330,9 @@ def test_a_batch_past_its_window_expires_with_its_partial_output(
     assert event["type"] == "batch.expired" and event["data"]["status"] == "expired"
 
 
-def test_batches_list_pages_newest_first(api: str, tenant: IssuedKey, sim: SimulatorControl) -> None:
+def test_batches_list_pages_newest_first(
+    api: str, tenant: IssuedKey, sim: SimulatorControl, database: Database
+) -> None:
     model = unique_model("batch-list")
     sim.script(model, [], default={"fault": "ok", "latency": 0})
     client = _client(api, tenant)
@@ -348,6 +353,15 @@ def test_batches_list_pages_newest_first(api: str, tenant: IssuedKey, sim: Simul
     with pytest.raises(openai.ConflictError):  # an ended batch cannot be cancelled
         client.batches.cancel(made[0])
     assert done.output_file_id is not None
+    with database.transaction() as session:  # another tenant sees none of it: 404, as unknown ids
+        other = _client(api, create_key(session, tenant_name=f"other-{uuid.uuid4().hex[:8]}", now=utcnow()))
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(made[0])
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(done.output_file_id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.cancel(made[1])
+    assert other.batches.list().data == []
     assert client.files.delete(done.output_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.content(done.output_file_id)
