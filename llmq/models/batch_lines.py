@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,7 @@ from llmq.models.tables import ApiKey
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 MAX_CUSTOM_ID = 512
+DEADLINE_AFTER_WINDOW_S = 120.0
 
 
 class TextPart(BaseModel):
@@ -75,7 +76,7 @@ class LineRules:
     known_model: Callable[[str], bool]  # the provider of an llmq model id is configured
     allowed_models: tuple[str, ...] | None  # the batch's key's allow-list (None: every model)
     max_attempts: int
-    timeout_s: float
+    timeout_s: float  # a line job's deadline (expand_chunk: what is left of the window)
 
 
 class Refused(Exception):
@@ -167,6 +168,11 @@ def expand_chunk(
         return Chunk(done=True, status=batch.status if batch else "")
     if now >= batch.expires_at:  # the tick expires it: what is not read yet is never run
         return Chunk(done=True, status=batch.status)
+    # A line may wait for its turn as long as the batch's window lasts (bulk work yields to
+    # interactive work), not a job's default deadline; a little past it, so the batch's expiry,
+    # not the sweeper's deadline, ends the lines still waiting (as ``batch_expired``).
+    window_left = (batch.expires_at - now).total_seconds() + DEADLINE_AFTER_WINDOW_S
+    rules = replace(rules, timeout_s=window_left)
     source = session.get(StoredFile, batch.input_file_id)
     assert source is not None
     chunk = Chunk(status=batch.status)

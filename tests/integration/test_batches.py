@@ -325,7 +325,11 @@ def test_a_batch_past_its_window_expires_with_its_partial_output(
             .select_from(Job)
             .where(Job.batch_id == batch.id, Job.status.in_(["queued", "processing"]))
         )
+        deadlines = session.scalars(select(Job.deadline_at).where(Job.batch_id == batch.id)).all()
     assert left == 0
+    # A line's deadline is the batch's window (a little past it), not a job's default hour.
+    assert batch.expires_at is not None
+    assert all(d is not None and d.timestamp() >= batch.expires_at for d in deadlines)
     (event,) = _batch_events(webhook_receiver, path, tenant)
     assert event["type"] == "batch.expired" and event["data"]["status"] == "expired"
 
