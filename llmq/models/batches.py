@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from llmq.models.base import isoformat, new_id
-from llmq.models.batch_tables import Batch
+from llmq.models.batch_tables import Batch, BatchLineError
 from llmq.models.files import FileNotFound, get_file
 from llmq.models.state import JobStatus, WebhookEventStatus
 from llmq.models.statements import INSERT_EVENT, JOBS, TENANTS, compare_and_set, final_values
@@ -240,6 +240,21 @@ def cancel_line_jobs(
     return Cancelled(sorted(done), running)
 
 
+def first_line_errors(session: Session, batch_id: str, limit: int = 100) -> list[dict[str, object]]:
+    """The batch's first refused lines, as the ``errors`` of a batch that failed (OpenAI's
+    ``BatchError``: code, message, param, line)."""
+    rows = session.scalars(
+        select(BatchLineError)
+        .where(BatchLineError.batch_id == batch_id)
+        .order_by(BatchLineError.line)
+        .limit(limit)
+    )
+    return [
+        {"code": row.code, "message": row.message, "param": None, "line": row.line, "object": "error"}
+        for row in rows
+    ]
+
+
 def lock_batch(session: Session, batch_id: str) -> Batch | None:
     """The batch, locked until the transaction ends: waits for a chunk of its expansion to end."""
     return session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).first()
@@ -272,8 +287,8 @@ def finish_batch(
     session: Session, batch_id: str, outcome: Outcome, *, from_statuses: tuple[str, ...], now: datetime
 ) -> str | None:
     """Move the batch to its final state and write its webhook event. Returns the event's id to
-    enqueue (None: not applied, or the tenant has no webhook URL). Raises nothing when another
-    finisher won: the caller discards its files then (``applied`` is the returned batch)."""
+    enqueue (None: the tenant has no webhook URL). Raises :class:`BatchAlreadyEnded` when another
+    finisher won (the caller discards the files it wrote)."""
     applied = compare_and_set(
         session,
         update(Batch)

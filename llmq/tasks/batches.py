@@ -37,6 +37,7 @@ from llmq.models.batches import (
     active_batches,
     cancel_line_jobs,
     finish_batch,
+    first_line_errors,
     line_counts,
     lock_batch,
     mark_finalizing,
@@ -171,22 +172,9 @@ def _discard(store: FileStore, results: Results) -> None:
             store.discard(file_id)
 
 
-def _first_errors(rt: WorkerRuntime, batch_id: str, limit: int = 100) -> list[dict[str, object]]:
-    from sqlalchemy import select
-
-    from llmq.models.batch_tables import BatchLineError
-
+def _first_errors(rt: WorkerRuntime, batch_id: str) -> list[dict[str, object]]:
     with rt.db.session() as session:
-        rows = session.scalars(
-            select(BatchLineError)
-            .where(BatchLineError.batch_id == batch_id)
-            .order_by(BatchLineError.line)
-            .limit(limit)
-        )
-        return [
-            {"code": row.code, "message": row.message, "param": None, "line": row.line, "object": "error"}
-            for row in rows
-        ]
+        return first_line_errors(session, batch_id)
 
 
 def _cancel_lines(
