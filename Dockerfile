@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY setup.cfg pyproject.toml README.md ./
 COPY llmq ./llmq
-RUN pip install . && useradd --create-home --uid 10001 llmq && mkdir -p /app/var && chown llmq /app/var
+RUN pip install . && useradd --create-home --uid 10001 llmq && mkdir -p /app/var/files && chown -R llmq /app/var
 
 USER llmq
 EXPOSE 8000 5555

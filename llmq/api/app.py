@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from llmq.api import admin, chat, jobs, limits, ops, providers, ui, usage
+from llmq.api import admin, batches, chat, files, jobs, limits, ops, providers, ui, usage
 from llmq.api.correlation import init_correlation
 from llmq.api.errors import register_error_handlers
 from llmq.api.metrics import init_metrics
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(chat.bp)  # /v1/chat/completions: OpenAI's API, answered by a job
+    app.register_blueprint(files.bp)  # OpenAI's Batch API: /v1/files, /v1/batches
+    app.register_blueprint(batches.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(providers.bp)
     app.register_blueprint(usage.bp)

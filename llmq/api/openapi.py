@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from llmq import __version__
-from llmq.api import admin_openapi, chat_openapi
+from llmq.api import admin_openapi, batch_openapi, chat_openapi
 from llmq.api.schemas import ErrorOut, Health, JobCreate, JobList, JobOut, Readiness
 from llmq.api.usage_schemas import USAGE_PARAMETERS, UsageOut
 
@@ -28,11 +28,16 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    inputs: tuple[type[BaseModel], ...] = (JobCreate, *admin_openapi.INPUTS, *chat_openapi.INPUTS)
+    inputs: tuple[type[BaseModel], ...] = (
+        JobCreate,
+        *admin_openapi.INPUTS,
+        *chat_openapi.INPUTS,
+        *batch_openapi.INPUTS,
+    )
     outputs: tuple[type[BaseModel], ...] = (JobOut, JobList, ErrorOut, Health, Readiness, UsageOut)
     _, defs = models_json_schema(
         [(m, "validation") for m in inputs]
-        + [(m, "serialization") for m in (*outputs, *admin_openapi.OUTPUTS)],
+        + [(m, "serialization") for m in (*outputs, *admin_openapi.OUTPUTS, *batch_openapi.OUTPUTS)],
         ref_template=REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -164,6 +169,7 @@ def build_openapi() -> dict[str, Any]:
             },
             **admin_openapi.admin_paths(_errors),
             **chat_openapi.chat_paths(_ref),
+            **batch_openapi.batch_paths(_errors),
             "/health": {"get": {"summary": "Process alive", "responses": {"200": _json(Health, "alive")}}},
             "/ready": {
                 "get": {

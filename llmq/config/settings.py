@@ -177,6 +177,19 @@ class Settings(BaseSettings):
     # (LLMQ_API_THREADS, 8 by default), so the rest stay free for short requests. Past it: 429.
     chat_max_waiting: int = Field(default=6, ge=1)
 
+    # --- batches (/v1/files, /v1/batches; README "Batches") ----------------------------------
+    # Uploaded and written files (batch input, output and error JSONL); None: <var_dir>/files.
+    files_dir: Path | None = None
+    batch_max_lines: int = 50_000
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    # Lines made into jobs per transaction while a batch expands, and lines per write when its
+    # output is written: what a batch holds in memory at once.
+    batch_chunk_lines: int = 500
+    # How often ``llmq.batch_tick`` refreshes the batches' counts and moves them along.
+    batch_tick_s: float = 2.0
+    # The time "24h" stands for. Clients may only send "24h"; a test shortens what it means.
+    batch_completion_window_s: float = Field(default=86400.0, gt=0)
+
     # --- observability -------------------------------------------------------------------------
     sentry_dsn: str | None = Field(
         default=None, validation_alias=AliasChoices("SENTRY_DSN", "LLMQ_SENTRY_DSN")
@@ -231,6 +244,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.var_dir / "files"
 
     @property
     def broker_url(self) -> str:

@@ -68,6 +68,7 @@ class NewJob:
     budget_wait: bool = False  # over budget: wait for the next period rather than fail
     # tools, tool_choice, response_format, stop, seed, top_p, n (OpenAI's spelling), or None
     request_options: dict[str, Any] | None = None
+    batch_id: str | None = None  # the line of this batch (``/v1/batches``)
 
     def fingerprint(self) -> str:
         """The SHA-256 of the request, every field of it: an Idempotency-Key replay must match.
@@ -91,6 +92,7 @@ _HASHED_UNLESS_DEFAULT: dict[str, object] = {
     "priority": "interactive",
     "budget_wait": False,
     "request_options": None,
+    "batch_id": None,
 }
 # The fields of NewJob stored as they are, in the column of the same name.
 NEW_JOB_COLUMNS = tuple(name for name in _NEW_JOB_FIELDS if name in JOBS.c)

@@ -56,28 +56,21 @@ def create_job(
     """Insert a queued job. Returns ``(job, created)``; ``created`` is False for an idempotent
     replay. ``job`` has a Job's attributes (for :func:`job_public`): a plain record when it was
     just inserted, the stored Job for a replay. The unique constraint on (tenant, key), not a
-    read-then-write, settles races.
-
-    The values are derived rather than listed: the table's defaults (``NEW_JOB_DEFAULTS``), the
-    fields of NewJob that are columns (``NEW_JOB_COLUMNS``), then what only this call knows."""
+    read-then-write, settles races. The values are derived rather than listed
+    (:func:`_new_job_values`)."""
     fingerprint = new.fingerprint()
     for _ in range(3):
-        values = {
-            **NEW_JOB_DEFAULTS,  # the table's: queued, counters at zero, flags off
-            **{ATTRIBUTE_OF[column]: getattr(new, column) for column in NEW_JOB_COLUMNS},
-            "id": new_id("job_"),
-            "tenant_id": tenant_id,
-            "api_key_id": api_key_id,
-            "request_id": request_id,
-            "traceparent": traceparent,
-            "idempotency_key": idempotency_key,
-            "request_fingerprint": fingerprint,
-            "max_attempts": max_attempts,
-            "deadline_at": now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
-            "enqueued_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
+        values = _new_job_values(
+            tenant_id=tenant_id,
+            new=new,
+            now=now,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            api_key_id=api_key_id,
+            request_id=request_id,
+            traceparent=traceparent,
+        )
         if idempotency_key is None:  # the common case: one INSERT, no unit of work
             session.execute(INSERT_JOB, {COLUMN_OF[key]: v for key, v in values.items()})
             return SimpleNamespace(**{**UNSET_JOB, **values}), True
@@ -101,6 +94,82 @@ def create_job(
         else:
             return job, True
     raise RuntimeError("could not settle the Idempotency-Key after 3 tries")
+
+
+def _new_job_values(
+    *,
+    tenant_id: str,
+    new: NewJob,
+    now: datetime,
+    max_attempts: int,
+    idempotency_key: str | None,
+    fingerprint: str,
+    api_key_id: str | None,
+    request_id: str | None,
+    traceparent: str | None,
+) -> dict[str, Any]:
+    """A new job's every attribute: the table's defaults (``NEW_JOB_DEFAULTS``), the fields of
+    NewJob that are columns (``NEW_JOB_COLUMNS``), then what only the submit knows."""
+    return {
+        **NEW_JOB_DEFAULTS,  # the table's: queued, counters at zero, flags off
+        **{ATTRIBUTE_OF[column]: getattr(new, column) for column in NEW_JOB_COLUMNS},
+        "id": new_id("job_"),
+        "tenant_id": tenant_id,
+        "api_key_id": api_key_id,
+        "request_id": request_id,
+        "traceparent": traceparent,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": fingerprint,
+        "max_attempts": max_attempts,
+        "deadline_at": now + timedelta(seconds=new.timeout_s) if new.timeout_s else None,
+        "enqueued_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def create_jobs(
+    session: Session,
+    *,
+    tenant_id: str,
+    jobs: list[tuple[NewJob, str]],
+    now: datetime,
+    max_attempts: int,
+    api_key_id: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, str]:
+    """:func:`create_job` for many jobs with their Idempotency-Keys, in one INSERT (a batch's
+    chunk of lines). Returns ``{key: new job id}``; a key already taken (by an earlier job, or
+    earlier in ``jobs``) makes no job. The stored keys are read in one query on the (tenant, key)
+    unique index, which still settles any race (the INSERT fails, the transaction with it)."""
+    keys = [key for _, key in jobs]
+    taken = set(
+        session.scalars(
+            select(JOBS.c.idempotency_key).where(
+                JOBS.c.tenant_id == tenant_id, JOBS.c.idempotency_key.in_(keys)
+            )
+        )
+    )
+    rows: list[dict[str, Any]] = []
+    for new, key in jobs:
+        if key in taken:
+            continue
+        taken.add(key)
+        values = _new_job_values(
+            tenant_id=tenant_id,
+            new=new,
+            now=now,
+            max_attempts=max_attempts,
+            idempotency_key=key,
+            fingerprint=new.fingerprint(),
+            api_key_id=api_key_id,
+            request_id=request_id,
+            traceparent=None,
+        )
+        rows.append({COLUMN_OF[name]: value for name, value in values.items()})
+    if rows:
+        session.execute(INSERT_JOB, rows)
+    return {row["idempotency_key"]: row["id"] for row in rows}
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:

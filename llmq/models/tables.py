@@ -86,6 +86,8 @@ class Job(Base):
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_deadline", "status", "deadline_at"),
         Index("ix_jobs_provider_batch", "provider_batch_id"),
+        # A batch's line jobs by state: its counts and its finalization read only this index.
+        Index("ix_jobs_batch_status", "batch_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -119,6 +121,8 @@ class Job(Base):
     # --- correlation (0006_request_id): the submit's X-Request-ID and W3C traceparent --------
     request_id: Mapped[str | None] = mapped_column(String(128))
     traceparent: Mapped[str | None] = mapped_column(String(64))
+    # --- the OpenAI-style batch (0009_files_batches) the job is a line of, if any --------------
+    batch_id: Mapped[str | None] = mapped_column(String(40))
 
     # --- routing: the model the next attempt uses (a fallback moves it along the chain) ---------
     current_model: Mapped[str | None] = mapped_column(String(200))

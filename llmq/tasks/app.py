@@ -5,7 +5,7 @@ lazily from the environment (for ``celery -A llmq.tasks.app worker``) unless
 :func:`configure_celery` was given a Settings first (the API and the tests do that).
 
 Queues: ``llm`` carries ``llmq.generate``; ``webhooks`` carries ``llmq.deliver_webhook`` and
-``llmq.sweep``, so a slow webhook receiver never holds an LLM worker slot.
+``llmq.sweep`` (and the batch tasks), so a slow webhook receiver never holds an LLM worker slot.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ TASK_MODULES = [
     "llmq.tasks.webhooks",
     "llmq.tasks.sweep",
     "llmq.tasks.provider_batches",
+    "llmq.tasks.batches",
 ]
 
 
@@ -74,6 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "llmq.deliver_webhook": {"queue": WEBHOOK_QUEUE},
             "llmq.sweep": {"queue": WEBHOOK_QUEUE},
             "llmq.provider_batches": {"queue": WEBHOOK_QUEUE},
+            "llmq.batch_expand": {"queue": WEBHOOK_QUEUE},
+            "llmq.batch_tick": {"queue": WEBHOOK_QUEUE},
         },
         # Flower and `celery events` need task events.
         "worker_send_task_events": settings.task_events,
@@ -93,6 +96,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "llmq.provider_batches",
                 "schedule": settings.provider_batch_interval_s,
                 "options": {"expires": max(settings.provider_batch_interval_s * 2, 1.0)},
+            },
+            # Expands, counts, finalizes and expires /v1/batches (tasks/batches.py).
+            "llmq-batches": {
+                "task": "llmq.batch_tick",
+                "schedule": settings.batch_tick_s,
+                "options": {"expires": max(settings.batch_tick_s * 2, 1.0)},
             },
         },
         "timezone": "UTC",

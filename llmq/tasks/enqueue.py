@@ -32,6 +32,29 @@ def enqueue_job(job_id: str, countdown: float | None = None) -> None:
     )
 
 
+def try_enqueue_jobs(job_ids: list[str]) -> list[str]:
+    """:func:`try_enqueue_job` for many jobs over one producer (a batch's chunk of lines: half
+    the cost of a publish each). Returns the ids the broker did not take."""
+    if not job_ids:
+        return []
+    sent = 0
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                celery_app.send_task(
+                    "llmq.generate",
+                    args=[job_id],
+                    queue=LLM_QUEUE,
+                    producer=producer,
+                    headers={SENT_AT_HEADER: time.time(), **message_headers()},
+                )
+                sent += 1
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        logger.warning("enqueue_deferred", jobs=len(job_ids) - sent, error=type(exc).__name__)
+        return job_ids[sent:]
+    return []
+
+
 def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
     celery_app.send_task(
         "llmq.deliver_webhook",
@@ -39,6 +62,22 @@ def enqueue_webhook(event_id: str, countdown: float | None = None) -> None:
         queue=WEBHOOK_QUEUE,
         countdown=countdown,
         headers={SENT_AT_HEADER: time.time()},  # the age of the oldest waiting one (``/metrics``)
+    )
+
+
+def enqueue_batch_expand(batch_id: str) -> None:
+    """Make a batch's lines into jobs (``tasks/batches.py``); the batch tick re-sends it when the
+    expansion stops moving."""
+    celery_app.send_task("llmq.batch_expand", args=[batch_id], queue=WEBHOOK_QUEUE)
+
+
+def try_enqueue_batch_expand(batch_id: str) -> bool:
+    return _try(
+        lambda ident, countdown: enqueue_batch_expand(ident),
+        batch_id,
+        None,
+        "batch_enqueue_deferred",
+        "batch_id",
     )
 
 

@@ -21,6 +21,7 @@ changing one orphans the keys already written under it.
     SWEEP_LOCK        llmq:sweep-lock    the lock that keeps to one sweep at a time (tasks/sweep.py)
     PROVIDER_BATCH_LOCK  llmq:provider-batch-lock   one provider-batch run at a time
                                          (tasks/provider_batches.py)
+    BATCH_TICK_LOCK   llmq:batch-tick-lock  one batch tick at a time (tasks/batches.py)
 
 The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
 are Celery's and not listed here. The rate limiter, the breakers and the budget ledger take a
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "AUTH_EPOCH_KEY",
+    "BATCH_TICK_LOCK",
     "BREAKER_PREFIX",
     "BUDGET_PREFIX",
     "CACHE_PREFIX",
@@ -50,5 +52,6 @@ PROGRESS_KEY = "llmq:progress:{}"  # .format(job_id)
 CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
 PROVIDER_BATCH_LOCK = "llmq:provider-batch-lock"
+BATCH_TICK_LOCK = "llmq:batch-tick-lock"
 TENANT_LIMIT_PREFIX = "llmq:tl"
 AUTH_EPOCH_KEY = "llmq:auth:epoch"

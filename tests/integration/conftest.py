@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ def settings() -> Settings:
         webhook_allow_private=True,
         progress_interval_s=0.3,
         worker_concurrency=20,
+        files_dir=Path(tempfile.mkdtemp(prefix="llmq-files-")),  # API and workers share it
+        batch_tick_s=1.0,
         log_json=True,
         log_level="INFO",
     )

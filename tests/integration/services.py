@@ -70,6 +70,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "LLMQ_STREAM": str(settings.stream).lower(),
             "LLMQ_PROGRESS_INTERVAL_S": str(settings.progress_interval_s),
             "LLMQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+            "LLMQ_FILES_DIR": str(settings.files_root),
+            "LLMQ_BATCH_TICK_S": str(settings.batch_tick_s),
             "LLMQ_LOG_LEVEL": settings.log_level,
             "PYTHONUNBUFFERED": "1",
         }

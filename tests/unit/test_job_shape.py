@@ -69,6 +69,7 @@ def completed_job() -> SimpleNamespace:
         budget_wait=True,
         request_id="req-1",
         traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+        batch_id="batch_1",
         current_model="openai/gpt-4o-mini",
         model_attempts=2,
         attempts=2,
@@ -213,6 +214,7 @@ def test_fingerprint_covers_every_field() -> None:
         "priority": "bulk",
         "budget_wait": True,
         "request_options": {"seed": 1},
+        "batch_id": "batch_1",
     }
     assert set(changed) == {f.name for f in fields(NewJob)}
     prints = {NewJob(**{**vars(base), name: value}).fingerprint() for name, value in changed.items()}
