@@ -34,7 +34,7 @@ from llmq.api.chat_errors import (
     openai_error,
 )
 from llmq.api.chat_schemas import ChatCompletionCreate, unsupported_llmq_options
-from llmq.api.chat_shape import ChunkMaker, completion, created_of, model_of, sse
+from llmq.api.chat_shape import ChunkMaker, sse
 from llmq.api.chat_wait import Waiter, stream_events
 from llmq.api.correlation import JOB_ID_HEADER
 from llmq.api.errors import ApiError
@@ -42,6 +42,7 @@ from llmq.api.jobs import _json_body, accept_job
 from llmq.api.schemas import JobCreate
 from llmq.api.tenant_limits import check_submit_rate
 from llmq.config.providers import is_known_model
+from llmq.models.openai_shapes import completion, created_of, model_of
 from llmq.observability.sentry import capture_exception
 
 logger = structlog.get_logger(__name__)

@@ -27,8 +27,9 @@ import redis
 import structlog
 
 from llmq.api.chat_errors import job_error_body
-from llmq.api.chat_shape import ChunkMaker, choices_of, finish_reason_of, sse, tool_calls_of
+from llmq.api.chat_shape import ChunkMaker, sse
 from llmq.models.db import Database
+from llmq.models.openai_shapes import choices_of, finish_reason_of, tool_calls_of
 from llmq.models.submit import get_job
 from llmq.models.tables import job_public
 from llmq.models.watch import JobState, job_state

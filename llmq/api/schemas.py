@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from llmq.api.request_surface import MAX_PROMPT_CHARS, ChatMessage, RequestOptions, ToolCall, message_dict
 from llmq.config.model_ids import MODEL_PATTERN
+from llmq.models.request_surface import MAX_PROMPT_CHARS, ChatMessage, RequestOptions, ToolCall, message_dict
 
 JobStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import Field, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from llmq.models.files import FileStore
 from llmq.models.keys import model_allowed
 from llmq.models.openai_shapes import llmq_model
 from llmq.models.records import NewJob
+from llmq.models.request_surface import ChatMessage, RequestOptions, message_dict
 from llmq.models.submit import create_jobs
 from llmq.models.tables import ApiKey
 
@@ -38,35 +39,31 @@ MAX_CUSTOM_ID = 512
 DEADLINE_AFTER_WINDOW_S = 120.0
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: StrictStr
-
-
-class LineMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)]
-
-    def as_job_message(self) -> dict[str, str]:
-        role = "system" if self.role == "developer" else self.role
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": role, "content": text}
-
-
-class ChatRequest(BaseModel):
-    """The chat completions request of a line: what a job can carry (text messages, the sampling
-    knobs jobs have). Anything else is refused by name, so nothing is silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
+class ChatRequest(RequestOptions):
+    """The chat completions request of a line: what a job can carry — the messages of
+    ``POST /v1/jobs`` (text, content parts with images, tool calls and tool results) and its
+    options (tools, tool_choice, response_format, stop, seed, top_p, n). Anything else is refused
+    by name, so nothing is silently dropped. A ``developer`` message is a ``system`` one, as in
+    ``POST /v1/chat/completions``."""
 
     model: Annotated[StrictStr, Field(min_length=1, max_length=190)]
-    messages: Annotated[list[LineMessage], Field(min_length=1, max_length=1000)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
     max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
     max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=32_768)] | None = None
     temperature: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] | None = None
     user: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
-    n: Literal[1] | None = None
     stream: Literal[False] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _developer_is_system(cls, body: Any) -> Any:
+        if isinstance(body, dict) and isinstance(body.get("messages"), list):
+            messages = [
+                {**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
+                for m in body["messages"]
+            ]
+            body = {**body, "messages": messages}
+        return body
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,8 @@ def parse_line(raw: bytes, batch_id: str, rules: LineRules) -> tuple[str, NewJob
         raise Refused("model_not_allowed", f"this key may not use model {body.model!r}", custom_id)
     return custom_id, NewJob(
         model=model,
-        messages=[m.as_job_message() for m in body.messages],
+        messages=[message_dict(m) for m in body.messages],
+        request_options=body.options_dict(),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=float(body.temperature) if body.temperature is not None else None,
         user=body.user,

@@ -43,6 +43,8 @@ _READ = [
         "completion_tokens",
         "total_tokens",
         "cached_tokens",
+        "cache_write_tokens",
+        "result_extra",
         "error_type",
         "error_message",
         "request_id",

@@ -330,6 +330,33 @@ class BudgetAlert(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def public_usage(job: Any) -> dict[str, int] | None:
+    """The ``usage`` of the job object (None before any token was counted)."""
+    if job.prompt_tokens is None and job.completion_tokens is None:
+        return None
+    return {
+        "prompt_tokens": job.prompt_tokens or 0,
+        "completion_tokens": job.completion_tokens or 0,
+        "total_tokens": job.total_tokens or 0,
+        "cached_tokens": job.cached_tokens or 0,
+        "cache_write_tokens": job.cache_write_tokens or 0,
+    }
+
+
+def public_result(job: Any) -> dict[str, Any] | None:
+    """The ``result`` of the job object: a completed job's text, finish reason, tool calls and
+    choices (None until it completed)."""
+    if job.status != "completed":
+        return None
+    extra = job.result_extra or {}
+    return {
+        "text": job.result_text or "",
+        "finish_reason": job.finish_reason,
+        "tool_calls": extra.get("tool_calls"),
+        "choices": extra.get("choices"),
+    }
+
+
 def job_public(job: Any) -> dict[str, Any]:
     """The job object of the API (SPEC "Read"): used by the API, webhooks and the CLI alike.
 
@@ -338,24 +365,8 @@ def job_public(job: Any) -> dict[str, Any]:
     tests/unit/test_job_shape.py holds the two equal (same names, ``JobOut`` accepts the output)."""
     from llmq.models.base import isoformat
 
-    usage = None
-    if job.prompt_tokens is not None or job.completion_tokens is not None:
-        usage = {
-            "prompt_tokens": job.prompt_tokens or 0,
-            "completion_tokens": job.completion_tokens or 0,
-            "total_tokens": job.total_tokens or 0,
-            "cached_tokens": job.cached_tokens or 0,
-            "cache_write_tokens": job.cache_write_tokens or 0,
-        }
-    result = None
-    if job.status == "completed":
-        extra = job.result_extra or {}
-        result = {
-            "text": job.result_text or "",
-            "finish_reason": job.finish_reason,
-            "tool_calls": extra.get("tool_calls"),
-            "choices": extra.get("choices"),
-        }
+    usage = public_usage(job)
+    result = public_result(job)
     error = None
     if job.error_type:
         error = {"type": job.error_type, "message": job.error_message or ""}

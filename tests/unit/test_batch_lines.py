@@ -48,9 +48,43 @@ def test_a_valid_line_is_a_bulk_job_of_its_batch_with_its_custom_id() -> None:
     custom_id, job = parse_line(_raw(body), "batch_x", RULES)
     assert custom_id == "r1"
     assert job.model == "openai/gpt-4o-mini" and job.priority == "bulk" and job.batch_id == "batch_x"
-    assert job.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    assert job.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "he"}, {"type": "text", "text": "llo"}]},
+    ]
     assert (job.max_tokens, job.temperature) == (7, 1.0)
     assert job.metadata == {"batch_id": "batch_x", "custom_id": "r1"}
+    assert job.request_options is None  # a plain line is a plain job
+
+
+def test_a_line_carries_the_request_surface_to_its_job() -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    schema = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+            }
+        ],
+        "tools": [tool],
+        "tool_choice": "required",
+        "response_format": {"type": "json_schema", "json_schema": schema},
+        "stop": "END",
+        "seed": 7,
+        "n": 2,
+    }
+    _, job = parse_line(_raw(body), "batch_x", RULES)
+    options = job.request_options
+    assert options is not None
+    assert options["tools"][0]["function"]["name"] == "get_weather" and options["tool_choice"] == "required"
+    assert options["response_format"]["json_schema"]["name"] == "answer"
+    assert (options["stop"], options["seed"], options["n"]) == (["END"], 7, 2)
+    assert job.messages[0]["content"][0]["type"] == "image_url"
+    with pytest.raises(Refused) as refused:  # a tool_choice naming no tool is refused by name
+        parse_line(_raw({**body, "tool_choice": {"type": "function", "function": {"name": "x"}}}), "b", RULES)
+    assert refused.value.code == "invalid_request" and "tool_choice" in str(refused.value.message)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +147,8 @@ def _job(**values: Any) -> SimpleNamespace:
         "completion_tokens": 2,
         "total_tokens": 5,
         "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "result_extra": None,
         "error_type": None,
         "error_message": None,
         "request_id": "req-1",
@@ -166,3 +202,17 @@ def test_the_documented_objects_are_the_ones_answered() -> None:
     assert BatchOut.model_validate(view).model_dump() == view
     stored = StoredFile(id="file-1", purpose="batch", filename="in.jsonl", bytes=3, lines=1, created_at=now)
     assert FileOut.model_validate(file_public(stored)).model_dump() == file_public(stored)
+
+
+def test_a_tool_call_answer_is_a_chat_completion_with_its_tool_calls() -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    job = _job(result_text="", finish_reason="tool_calls", result_extra={"tool_calls": [call]})
+    completion = ChatCompletion.model_validate(chat_completion_of(job))
+    (tool_call,) = completion.choices[0].message.tool_calls or []
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert tool_call.type == "function"
+    assert tool_call.model_dump()["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}

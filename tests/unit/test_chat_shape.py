@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from llmq.api.chat_errors import from_failed_job, from_validation_error, job_error_body
 from llmq.api.chat_schemas import ChatCompletionCreate
-from llmq.api.chat_shape import ChunkMaker, completion
+from llmq.api.chat_shape import ChunkMaker
 from llmq.api.chat_wait import _ending
+from llmq.models.openai_shapes import completion
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
 
