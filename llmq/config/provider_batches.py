@@ -32,6 +32,7 @@ _BOTH: tuple[BatchProvider, ...] = ("openai", "anthropic")
 class ProviderBatchesConfig(BaseModel, extra="forbid", frozen=True):
     enabled: StrictBool = False
     providers: list[BatchProvider] = Field(default_factory=lambda: list(_BOTH))
+    batch_lines: StrictBool = True  # the lines of /v1/batches (bulk jobs) go by provider batch too
     min_jobs: Count = 100  # a model's waiting bulk jobs are sent once this many wait...
     max_wait_s: Seconds = 300.0  # ... or once the oldest has waited this long
     max_jobs: Annotated[int, Field(strict=True, ge=1, le=50_000)] = 10_000  # per provider batch

@@ -144,6 +144,7 @@ class ClaimedJob:
     provider_batch_id: str | None = None
     attempt_opened: bool = False  # the claim also wrote the attempt row (Postgres)
     request_options: dict[str, Any] | None = None  # see NewJob; None for a plain job
+    batch_id: str | None = None  # the /v1/batches batch the job is a line of
 
 
 # The fields of a ClaimedJob the claim itself gives, not the claimed row.

@@ -3,7 +3,8 @@ price, hours not seconds) is parked to wait for the gatherer (``tasks/provider_b
 instead of being called now.
 
 It applies when ``[provider_batches]`` covers the job's provider (``config/provider_batches.py``:
-enabled, OpenAI or Anthropic itself), the job is ``bulk``, is on the model it asked for (not a
+enabled, OpenAI or Anthropic itself), the job is ``bulk`` (a line of llmq's own ``/v1/batches``
+is, and goes this way unless ``batch_lines = false``), is on the model it asked for (not a
 fallback, not "auto"), asks for plain text (no tools, response format, images or tool turns:
 a batch line carries messages, max_tokens, temperature and user), has not been in a provider
 batch before, and its tenant has no budget
@@ -42,6 +43,8 @@ class ProviderBatchStage:
         config = rt.providers.provider_batches
         if not config.enabled or claim.priority != "bulk" or claim.provider_batch_id is not None:
             return None
+        if claim.batch_id is not None and not config.batch_lines:
+            return None  # a line of /v1/batches, and the config keeps those on the normal path
         model = ticket.candidates[0] if ticket.candidates else claim.model
         if model != claim.model or claim.created_at is None or not _plain(claim):
             return None
