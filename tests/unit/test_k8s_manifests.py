@@ -32,6 +32,7 @@ EXPECTED_KINDS = {
     "Deployment",
     "Service",
     "PodDisruptionBudget",
+    "PersistentVolumeClaim",
     "ScaledObject",
     "TriggerAuthentication",
 }

@@ -296,3 +296,21 @@ def test_every_trigger_parameter_is_one_its_scaler_reads() -> None:
         assert known["required"] <= set(trigger["metadata"]), trigger["name"]
         auth = auths[trigger["authenticationRef"]["name"]]["spec"]
         assert {ref["parameter"] for ref in auth["secretTargetRef"]} <= known["auth"], trigger["name"]
+
+
+def test_the_api_and_the_webhooks_worker_share_the_batch_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API writes uploaded batch files and serves outputs; the webhooks worker expands the
+    inputs and writes the outputs: every pod of both mounts one ReadWriteMany volume where
+    LLMQ_FILES_DIR points."""
+    resources = base_resources()
+    files_dir = str(_settings_of_the_pods(monkeypatch, resources).files_root)
+    (claim,) = of_kind(resources, "PersistentVolumeClaim").values()
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("llmq-api", "llmq-worker-webhooks"):
+        pod = _deployment(name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        mounts = [m for m in container["volumeMounts"] if m["mountPath"] == files_dir]
+        assert len(mounts) == 1, (name, container["volumeMounts"])
+        volume = volumes[mounts[0]["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"], name
