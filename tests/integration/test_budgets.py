@@ -4,8 +4,9 @@ budgets, waiting for the next period, the soft-threshold event sent once, the se
 rollup when Redis has lost the counters, and a killed worker's reservation expiring.
 
 The module runs its own workers with a providers file that prices its models, on the Redis
-database ``LLMQ_TEST_BUDGET_REDIS_URL`` (default: db 9 of the session's Redis): a database of its
-own, so the session's worker, which knows none of these prices, never takes these jobs."""
+database ``LLMQ_TEST_BUDGET_REDIS_URL`` (default: db 9 of the session's Redis) and a Postgres
+database of their own, so the session's worker, which knows none of these prices, never takes
+these jobs, and its sweeper never sends them to its broker."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from llmq.api.app import create_app
 from llmq.config.settings import Settings
 from llmq.models.base import isoformat, utcnow
 from llmq.models.db import Database
+from llmq.models.migrate import recreate_database
 from llmq.models.tables import Attempt, BudgetAlert, Job, Tenant, UsageRollup
 from llmq.models.tenants import IssuedKey, create_key
 from llmq.tasks.app import configure_celery
@@ -78,9 +80,26 @@ def budget_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory
     redis_url = os.environ.get("LLMQ_TEST_BUDGET_REDIS_URL") or settings.broker_url.rsplit("/", 1)[0] + "/9"
     # A generous provider timeout: a call timed out on a loaded machine is retried, which the
     # assertions allow, but each retry is one more reservation to reason about.
+    database_url = settings.database_url + "_budget"
+    recreate_database(database_url)
     return settings.model_copy(
-        update={"redis_url": redis_url, "providers_file": providers, "provider_timeout_s": 10.0}
+        update={
+            "redis_url": redis_url,
+            "database_url": database_url,
+            "providers_file": providers,
+            "provider_timeout_s": 10.0,
+        }
     )
+
+
+@pytest.fixture(scope="module")
+def database(budget_settings: Settings) -> Iterator[Database]:
+    """This module's own database, in place of the session's: the session worker's sweeper never
+    sees these jobs, so it never sends one (a killed worker's, say) to its own broker, where the
+    session worker would run it against another Redis database's budget ledger."""
+    db = Database(budget_settings.database_url)
+    yield db
+    db.dispose()
 
 
 @pytest.fixture(scope="module")
