@@ -59,13 +59,26 @@ def lost_settings(settings: Settings) -> Settings:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
+    # A database of its own too: the session worker's sweeper (it may be running, started by an
+    # earlier module) would otherwise send these jobs to its broker and run them a second way.
+    database_url = settings.database_url + "_lost"
+    recreate_database(database_url)
     return settings.model_copy(
         update={
             "redis_url": redis_url,
+            "database_url": database_url,
             # the shipped default, not a test value: the bound under test is the one users get
             "requeue_after_s": Settings.model_fields["requeue_after_s"].default,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def database(lost_settings: Settings) -> Iterator[Database]:
+    """This module's database, in place of the session's (see ``lost_settings``)."""
+    db = Database(lost_settings.database_url)
+    yield db
+    db.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +98,11 @@ def real_worker(lost_settings: Settings, database: Database, simulator: str, log
 
 
 @pytest.fixture(scope="module")
-def lost_app(lost_settings: Settings, real_worker: str) -> Iterator[Flask]:
+def lost_app(settings: Settings, lost_settings: Settings, real_worker: str) -> Iterator[Flask]:
     app = create_app(lost_settings)
     yield app
     app.extensions["llmq.db"].dispose()
-    configure_celery(lost_settings)
+    configure_celery(settings)  # the session's broker again, for the modules after this one
 
 
 @pytest.fixture
