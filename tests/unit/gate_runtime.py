@@ -12,6 +12,7 @@ import redis
 
 from llmq.config.providers_file import ProvidersConfig
 from llmq.config.settings import Settings
+from llmq.models.records import ClaimedJob
 from llmq.models.tenants import TenantPolicy
 from llmq.workers.breaker import CircuitBreakers
 from llmq.workers.budgets import BudgetLedger
@@ -47,3 +48,22 @@ def gate_runtime(
         policies=SimpleNamespace(get=lambda tenant_id, key_id, session=None: policy_of(tenant_id, key_id)),
         db=None,  # the stages under test never reach the database
     )
+
+
+def gate_claim(job_id: str, model: str, **values: Any) -> ClaimedJob:
+    """A claimed job of tenant ``t`` on ``model``, one short user message; ``values`` override."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "tenant_id": "t",
+        "lease_token": "lease",
+        "attempt_number": 1,
+        "max_attempts": 5,
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10,
+        "temperature": None,
+        "user": None,
+        "deadline_at": None,
+        "requested_model": model,
+    }
+    return ClaimedJob(**{**fields, **values})

@@ -15,7 +15,7 @@ from llmq.tasks import gate as gate_module
 from llmq.tasks.gate import CallEnd, Go, Park, after_call, gate
 from llmq.tasks.gate.stages import Refusal, Ticket
 from llmq.workers.tokens import estimate_input_tokens
-from tests.unit.gate_runtime import gate_runtime
+from tests.unit.gate_runtime import gate_claim, gate_runtime
 
 MODEL = "sim/gated"
 
@@ -25,20 +25,7 @@ def _runtime(client: redis.Redis, **model: Any) -> Any:
 
 
 def _claim(job_id: str) -> ClaimedJob:
-    return ClaimedJob(
-        job_id=job_id,
-        tenant_id="t",
-        lease_token="lease",
-        attempt_number=1,
-        max_attempts=5,
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        max_tokens=10,
-        temperature=None,
-        user=None,
-        deadline_at=None,
-        requested_model=MODEL,
-    )
+    return gate_claim(job_id, MODEL)
 
 
 def test_a_call_that_never_reached_the_provider_gives_its_request_back(rdb: redis.Redis) -> None:

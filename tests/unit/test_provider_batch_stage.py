@@ -4,7 +4,6 @@ of /v1/batches unless the config keeps them on the normal path."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +14,7 @@ from llmq.models.base import utcnow
 from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.provider_batch import ProviderBatchStage
 from llmq.tasks.gate.stages import Park, Ticket
+from tests.unit.gate_runtime import gate_claim
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -29,23 +29,8 @@ def _rt(**config: Any) -> Any:
 
 
 def _claim(**values: Any) -> ClaimedJob:
-    claim = ClaimedJob(
-        job_id="job_1",
-        tenant_id="t",
-        lease_token="lease",
-        attempt_number=1,
-        max_attempts=5,
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        max_tokens=10,
-        temperature=None,
-        user=None,
-        deadline_at=None,
-        requested_model=MODEL,
-        priority="bulk",
-        created_at=utcnow() - timedelta(seconds=1),
-    )
-    return replace(claim, **values)
+    defaults = {"priority": "bulk", "created_at": utcnow() - timedelta(seconds=1)}
+    return gate_claim("job_1", MODEL, **{**defaults, **values})
 
 
 def _parks(rt: Any, claim: ClaimedJob) -> bool:
