@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -94,7 +95,17 @@ class Scenario:
         self.faults.append(f"{sig.name} worker {name}")
 
     def wait_exit(self, name: str, timeout: float = 60) -> int:
-        return self.stack.procs[self.proc_name(name)].wait(timeout)
+        proc = self.stack.procs[self.proc_name(name)]
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Celery's worker logs every thread's stack on SIGUSR1: say where the shutdown hangs.
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)
+            log = self.stack.logs / f"{self.proc_name(name)}.log"
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-200:])
+            message = f"worker {name} still running {timeout:.0f} s after the signal:\n{tail}"
+            raise AssertionError(message) from None
 
     def worker_tags(self, name: str) -> set[str]:
         """What the worker writes in ``job_attempts.worker`` (``host:pid`` today; the node name is

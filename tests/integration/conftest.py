@@ -93,6 +93,18 @@ def database(settings: Settings) -> Iterator[Database]:
     db.dispose()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def session_broker(settings: Settings) -> None:
+    """Each module starts with this process's Celery app on the session's broker.
+
+    ``create_app`` points the process-wide Celery app at its settings (Flask's ``celery_init_app``
+    pattern), and modules with a stack of their own (another Redis database) make apps of their
+    own; the session's Flask app, made once by whichever module needs it first, publishes through
+    that same Celery app (a cancel's ``job.cancelled``, a broker-down submit's re-send). Without
+    this, a module after one on another broker would publish there and wait for the sweeper."""
+    configure_celery(settings)
+
+
 @pytest.fixture(scope="session")
 def simulator(settings: Settings, logs_dir: Path) -> Iterator[str]:
     proc = start_process(

@@ -209,20 +209,26 @@ def test_jobs_reserved_by_a_sigkilled_worker_are_sent_again_without_waiting_for_
     client = lost_app.test_client()
     _pause(lost_settings, REAL)
     try:
-        ids = _submit(client, auth, model, JOBS)
-        wait_for(
-            lambda: sim.stats()["in_flight_by_model"].get(bare, 0) == 1 and done(broker.hlen("unacked")) >= 2,
-            timeout=30,
-            what="the doomed worker to run one call and hold reserved messages",
-        )
-        reserved = broker.hlen("unacked")
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait(10)
+        try:
+            ids = _submit(client, auth, model, JOBS)
+            wait_for(
+                lambda: sim.stats()["in_flight_by_model"].get(bare, 0) == 1
+                and done(broker.hlen("unacked")) >= 2,
+                timeout=30,
+                what="the doomed worker to run one call and hold reserved messages",
+            )
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+        finally:
+            stop_process(doomed)
+        sim.script(bare, [], default={"fault": "ok", "latency": 0.05})
+        # Counted once the worker is dead: until then its pool threads may still be reserving.
+        reserved = done(broker.hlen("unacked"))
+        assert reserved >= 2
+        settle(2 * lost_settings.sweep_interval_s)
+        assert broker.hlen("unacked") == reserved, "the dead worker's reserved messages stay in 'unacked'"
     finally:
-        stop_process(doomed)
-    sim.script(bare, [], default={"fault": "ok", "latency": 0.05})
-    assert broker.hlen("unacked") == reserved, "the dead worker's reserved messages stay in 'unacked'"
-    _resume(lost_settings, REAL)
+        _resume(lost_settings, REAL)  # whatever failed above, the next test gets a consuming worker
     timeout = BOUND_S + lost_settings.lease_s  # the call in flight comes back by its lease
     jobs = [wait_for_status(client, auth, job_id, {"completed", "failed"}, timeout=timeout) for job_id in ids]
     assert {job["status"] for job in jobs} == {"completed"}
