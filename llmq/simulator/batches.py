@@ -13,11 +13,13 @@ Routes::
     POST /_sim/batches                  {"model", "processing_s", "expire_after_lines"}
 
 A batch is processed ``processing_s`` after its creation (0.5 s unless the model's batch script
-says otherwise), when it is next read. Each line then takes its model's next scripted step
-(``/_sim/script``, as a normal request does): ``ok`` answers it, an error fault makes the line an
-error (OpenAI: an error-file line with that status and body; Anthropic: an ``errored`` result),
-``hang``/``drop`` a 500. With ``expire_after_lines: n`` only the first ``n`` lines run and the
-batch expires: the others are ``batch_expired`` (OpenAI) / ``expired`` (Anthropic). Every line
+says otherwise), when it is next read. Each line is answered as the normal endpoint answers it,
+request surface included (tools, JSON output, stop, seed, n, images: ``surface.py``), and takes
+its model's next scripted step (``/_sim/script``, as a normal request does): ``ok`` answers it,
+an error fault makes the line an error (OpenAI: an error-file line with that status and body;
+Anthropic: an ``errored`` result), ``hang``/``drop`` a 500, ``invalid_json`` an answer of
+broken JSON. With ``expire_after_lines: n`` only the first ``n`` lines run and the batch
+expires: the others are ``batch_expired`` (OpenAI) / ``expired`` (Anthropic). Every line
 that runs counts as a request of its model in ``/_sim/stats``.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmq.simulator import faults, text
+from llmq.simulator import faults, surface, surface_wire, text
 from llmq.simulator.text import InvalidRequest, dumps, new_id
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -132,12 +134,14 @@ def ok_json(body: Any) -> web.Response:
 def _run_line(state: Any, api: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """``(status, body)`` of one line, as the normal endpoint would answer it (no streaming)."""
     parse = text.parse_openai if api == "openai" else text.parse_anthropic
+    ask = surface.openai_surface if api == "openai" else surface.anthropic_surface
     model = body.get("model") if isinstance(body.get("model"), str) else ""
     record = state.stats.begin(model)
     status = 500
     try:
         try:
-            parsed = parse({**body, "stream": False})
+            plain = {**body, "stream": False}
+            parsed = surface.with_surface(parse(plain), ask(plain))
         except InvalidRequest as err:
             status = 400
             if api == "openai":
@@ -146,18 +150,24 @@ def _run_line(state: Any, api: str, body: dict[str, Any]) -> tuple[int, dict[str
                 )
             return status, faults.anthropic_error_body("invalid_request_error", err.message, new_id("req_"))
         step = state.scripts.next_step(parsed.model)
-        if step is not None and step.fault not in ("ok", "hang", "drop", "stream_drop"):
+        if step is not None and step.fault not in ("ok", "invalid_json", "hang", "drop", "stream_drop"):
             status, err_body, _ = faults.fault_error(
                 api, step, parsed.model, parsed.prompt_tokens, new_id("req_")
             )
             return status, err_body
-        if step is not None and step.fault != "ok":
+        if step is not None and step.fault not in ("ok", "invalid_json"):
             status = 500
             return status, (
                 faults.openai_error_body("The server had an error processing your request.", "server_error")
                 if api == "openai"
                 else faults.anthropic_error_body("api_error", "Internal server error", new_id("req_"))
             )
+        if parsed.surface is not None:  # tools, JSON output, stop, seed, n, images
+            invalid_json = step is not None and step.fault == "invalid_json"
+            _, answer = surface_wire.reply(api == "openai", parsed, state.config.reply_words, invalid_json)
+            assert answer is not None
+            status = 200
+            return status, answer
         words, cut = text.reply_words(parsed.last_user_text, state.config.reply_words, parsed.max_tokens)
         reply = " ".join(words)
         status = 200

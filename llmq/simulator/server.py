@@ -195,7 +195,7 @@ async def _openai(
             "YOUR_KEY).",
         )
     try:
-        parsed = _with_surface(text.parse_openai(body), surface.openai_surface(body))
+        parsed = surface.with_surface(text.parse_openai(body), surface.openai_surface(body))
     except InvalidRequest as err:
         return _error(_OPENAI, outcome, 400, "invalid_request_error", err.message, err.code, err.param)
     return await _answer(request, state, _OPENAI, parsed, outcome)
@@ -212,17 +212,10 @@ async def _anthropic(
             _ANTHROPIC, outcome, 400, "invalid_request_error", "anthropic-version: header is required"
         )
     try:
-        parsed = _with_surface(text.parse_anthropic(body), surface.anthropic_surface(body))
+        parsed = surface.with_surface(text.parse_anthropic(body), surface.anthropic_surface(body))
     except InvalidRequest as err:
         return _error(_ANTHROPIC, outcome, 400, "invalid_request_error", err.message)
     return await _answer(request, state, _ANTHROPIC, parsed, outcome)
-
-
-def _with_surface(parsed: ParsedRequest, asked: surface.Surface | None) -> ParsedRequest:
-    if asked is None:
-        return parsed
-    tokens = parsed.prompt_tokens + surface.IMAGE_TOKENS * asked.images
-    return replace(parsed, surface=asked, prompt_tokens=tokens)
 
 
 async def _answer(

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llmq.simulator.text import InvalidRequest, as_deltas, dumps, reply_words
+from llmq.simulator.text import InvalidRequest, ParsedRequest, as_deltas, dumps, reply_words
 
 __all__ = [
     "IMAGE_TOKENS",
@@ -35,6 +35,7 @@ __all__ = [
     "choices_for",
     "openai_surface",
     "sample",
+    "with_surface",
 ]
 
 _CHOICE_STRIDE = 11  # filler words between the starts of two choices' texts
@@ -386,3 +387,11 @@ def stream_pieces(text: str) -> list[str]:
     """Stream pieces that join back to ``text`` exactly: one per word (token)."""
     pieces = as_deltas(text.split(" ")) if text else []
     return [p for p in pieces if p] if "".join(p for p in pieces if p) == text else [text]
+
+
+def with_surface(parsed: ParsedRequest, asked: Surface | None) -> ParsedRequest:
+    """``parsed`` with what it asked of the surface, its images counted as prompt tokens."""
+    if asked is None:
+        return parsed
+    tokens = parsed.prompt_tokens + IMAGE_TOKENS * asked.images
+    return replace(parsed, surface=asked, prompt_tokens=tokens)

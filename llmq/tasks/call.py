@@ -34,7 +34,7 @@ class CallOutcome:
     latency_ms: int = 0
 
 
-def _request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: datetime) -> ProviderRequest:
+def request_for(rt: WorkerRuntime, claim: ClaimedJob, bare_model: str, now: datetime) -> ProviderRequest:
     timeout_s = rt.settings.provider_timeout_s
     if claim.deadline_at is not None:
         timeout_s = max(0.1, min(timeout_s, (claim.deadline_at - now).total_seconds()))
@@ -65,7 +65,7 @@ def _message(m: dict[str, Any]) -> ChatMessage:
     )
 
 
-def _extra(response: ProviderResponse) -> dict[str, Any] | None:
+def result_extra(response: ProviderResponse) -> dict[str, Any] | None:
     """What the job's result holds besides text: tool calls, the choices of n > 1."""
     if response.tool_calls is None and response.choices is None:
         return None
@@ -94,7 +94,7 @@ def start_call(
         provider, bare_model = rt.registry.resolve(claim.model)
     except UnknownProviderError as exc:
         return CallOutcome(failure=CallFailure("invalid_request", str(exc), None, None, 0, False))
-    request = _request_for(rt, claim, bare_model, now)
+    request = request_for(rt, claim, bare_model, now)
     if rt.inflight.shutting_down:
         return CallOutcome(interrupted=True)
     on_progress: Callable[[str, int], None] | None = None
@@ -163,7 +163,7 @@ def outcome_of(rt: WorkerRuntime, claim: ClaimedJob, call: StartedCall) -> CallO
             latency_ms=latency_ms,
             cached_tokens=response.cached_tokens,
             cache_write_tokens=response.cache_write_tokens,
-            extra=_extra(response) if claim.request_options is not None else None,
+            extra=result_extra(response) if claim.request_options is not None else None,
         )
     )
 

@@ -46,11 +46,11 @@ from llmq.models.provider_batches import (
     take_over_stale,
     waiting_models,
 )
-from llmq.models.records import CallFailure, CallResult, ClaimedJob, Completion
+from llmq.models.records import Billed, CallFailure, CallResult, ClaimedJob, Completion
 from llmq.models.tables import ProviderBatch
 from llmq.tasks import observe
 from llmq.tasks.app import celery_app
-from llmq.tasks.call import _request_for
+from llmq.tasks.call import request_for, result_extra
 from llmq.tasks.enqueue import enqueue_job, try_enqueue_webhook
 from llmq.tasks.gate import model_chain
 from llmq.tasks.policy import after_failure
@@ -59,6 +59,7 @@ from llmq.workers.keys import PROVIDER_BATCH_LOCK
 from llmq.workers.providers.batch_clients import BatchApi, BatchRefused, RemoteBatch
 from llmq.workers.providers.batch_formats import BatchLine, LineResult
 from llmq.workers.providers.errors import ProviderError
+from llmq.workers.providers.json_output import check_json_output, wants_json
 
 logger = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -164,7 +165,7 @@ def _guarded(
 
 def _lines(rt: WorkerRuntime, claims: list[ClaimedJob]) -> list[BatchLine]:
     now = utcnow()
-    return [BatchLine(c.job_id, _request_for(rt, c, c.model.split("/", 1)[1], now)) for c in claims]
+    return [BatchLine(c.job_id, request_for(rt, c, c.model.split("/", 1)[1], now)) for c in claims]
 
 
 def send_batch(rt: WorkerRuntime, batch: ProviderBatch) -> int:
@@ -313,6 +314,13 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
         if line is None or line.unfinished is not None:
             unfinished.append((claim, line.unfinished if line is not None and line.unfinished else "missing"))
         elif line.response is not None:
+            try:
+                if wants_json(claim.request_options):
+                    assert claim.request_options is not None
+                    check_json_output(claim.request_options, line.response, f"{batch.provider} batch")
+            except ProviderError as exc:  # an answer that misses the response_format: retried
+                failed.append((claim, exc))
+                continue
             completions.append(Completion(claim, _batch_result(rt, claim, line, latency_ms)))
         else:
             assert line.error is not None
@@ -361,6 +369,7 @@ def _batch_result(rt: WorkerRuntime, claim: ClaimedJob, line: LineResult, latenc
         latency_ms=latency_ms,
         cached_tokens=response.cached_tokens,
         cache_write_tokens=response.cache_write_tokens,
+        extra=result_extra(response) if claim.request_options is not None else None,
         via_batch=True,
         batch_saved_usd=None if cost is None or standard is None else standard - cost,
     )
@@ -369,7 +378,18 @@ def _batch_result(rt: WorkerRuntime, claim: ClaimedJob, line: LineResult, latenc
 def _record_failure(rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError, latency_ms: int) -> list[str]:
     """A line the provider answered with an error: a failed attempt, as the retry policy says
     (retried by the normal path, moved to a fallback, degraded, or failed)."""
-    failure = CallFailure(error.error_type, str(error), error.status_code, None, latency_ms, error.retryable)
+    billed = None
+    if error.billed is not None:  # billed at the batch price, like the line's answer would be
+        tokens = (
+            error.billed.prompt_tokens,
+            error.billed.completion_tokens,
+            error.billed.cached_tokens,
+            error.billed.cache_write_tokens,
+        )
+        billed = Billed(*tokens, rt.prices.batch_cost(claim.model, *tokens))
+    failure = CallFailure(
+        error.error_type, str(error), error.status_code, None, latency_ms, error.retryable, billed
+    )
     chain, _ = model_chain(rt, claim)
     step = after_failure(rt, claim, failure, error, chain)
     now = utcnow()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import redis
 from flask import Flask
@@ -50,6 +51,8 @@ from tests.integration.services import (
 RUN = uuid.uuid4().hex[:6]
 OPENAI = f"openai/pb-{RUN}"
 ANTHROPIC = f"anthropic/claude-pb-{RUN}"
+SURFACE = {"openai": f"openai/pb-surface-{RUN}", "anthropic": f"anthropic/claude-pb-surface-{RUN}"}
+BAD_JSON = f"openai/pb-badjson-{RUN}"
 FINAL = {"completed", "failed", "cancelled"}
 # $10 / $30 per million tokens standard, so $5 / $15 at the batch price.
 PRICES = "input_usd_per_mtok = 10\noutput_usd_per_mtok = 30\n"
@@ -70,6 +73,8 @@ step_timeout_s = 0.5
 [models."{OPENAI}"]
 {PRICES}
 [models."{ANTHROPIC}"]
+{PRICES}
+[models."{BAD_JSON}"]
 {PRICES}
 """
     )
@@ -220,6 +225,109 @@ def test_bulk_jobs_go_by_provider_batch_costed_at_half_price(
         assert (
             row is not None and row.state == "ended" and row.remote_id == batch["id"] and row.job_count == 3
         )
+
+
+LOOKUP = {
+    "type": "object",
+    "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}},
+    "required": ["sku", "quantity"],
+}
+TOOLS = [{"type": "function", "function": {"name": "check_stock", "parameters": LOOKUP}}]
+INVOICE = {
+    "type": "object",
+    "properties": {"number": {"type": "string"}, "total": {"type": "number", "minimum": 0}},
+    "required": ["number", "total"],
+}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "invoice", "schema": INVOICE, "strict": True}}
+PIXEL = (  # a 1x1 PNG
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKm"
+    "MIQAAAABJRU5ErkJggg=="
+)
+QUESTION = "What is on this receipt?"
+
+
+def _submit_bodies(
+    client: FlaskClient, auth: dict[str, str], model: str, bodies: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    ids = {}
+    for name, body in bodies.items():
+        response = client.post("/v1/jobs", json={"model": model, "priority": "bulk", **body}, headers=auth)
+        assert response.status_code == 202, response.get_json()
+        ids[name] = response.get_json()["id"]
+    return ids
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_tools_json_output_and_images_go_by_batch_and_come_back_as_from_a_call(
+    pb_app: Flask, rt: WorkerRuntime, database: Database, simulator: str, auth: dict[str, str], provider: str
+) -> None:
+    model = SURFACE[provider]
+    client = pb_app.test_client()
+    ids = _submit_bodies(
+        client,
+        auth,
+        model,
+        {
+            "tools": {
+                "messages": [{"role": "user", "content": "Is item AB-1 in stock?"}],
+                "tools": TOOLS,
+                "tool_choice": "required",
+            },
+            "json": {"prompt": "Invoice 7, please", "response_format": JSON_SCHEMA},
+            "image": {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": QUESTION},
+                            {"type": "image_url", "image_url": {"url": PIXEL}},
+                        ],
+                    }
+                ]
+            },
+            "text": {"prompt": QUESTION},
+        },
+    )
+    _parked(database, list(ids.values()))
+    _run_until_final(rt, database, list(ids.values()))
+    (batch,) = _sim_batches(simulator, model.split("/", 1)[1])
+    assert sorted(batch["custom_ids"]) == sorted(ids.values())  # every kind went in the batch
+    public = {name: _public(client, auth, job_id) for name, job_id in ids.items()}
+    assert {name: (p["status"], p["via_batch"]) for name, p in public.items()} == {
+        name: ("completed", True) for name in ids
+    }
+    tools = public["tools"]["result"]
+    assert tools["finish_reason"] == "tool_calls" and tools["text"] == ""
+    [call] = tools["tool_calls"]
+    assert call["type"] == "function" and call["id"] and call["function"]["name"] == "check_stock"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), LOOKUP)
+    jsonschema.validate(json.loads(public["json"]["result"]["text"]), INVOICE)
+    assert public["json"]["result"]["tool_calls"] is None
+    # the image reached the provider: it counted as prompt tokens, and the text is the answer to it
+    assert public["image"]["usage"]["prompt_tokens"] == public["text"]["usage"]["prompt_tokens"] + 85
+    assert public["image"]["result"]["text"].startswith(f"Simulated answer to: {QUESTION}")
+
+
+def test_a_line_whose_answer_misses_its_schema_is_retried_by_the_normal_path_and_billed_at_batch_price(
+    pb_app: Flask, rt: WorkerRuntime, database: Database, sim: SimulatorControl, auth: dict[str, str]
+) -> None:
+    bare = BAD_JSON.split("/", 1)[1]
+    sim.script(bare, [{"fault": "invalid_json"}])  # the batch's line; the retry is answered well
+    client = pb_app.test_client()
+    ids = _submit_bodies(
+        client, auth, BAD_JSON, {"json": {"prompt": "Invoice 8", "response_format": JSON_SCHEMA}}
+    )
+    _parked(database, list(ids.values()))
+    (job,) = _run_until_final(rt, database, list(ids.values())).values()
+    assert job.status == "completed" and not job.via_batch and job.provider_batch_id is not None
+    jsonschema.validate(json.loads(job.result_text or ""), INVOICE)
+    first, second = _attempts(database, job.id)
+    assert first.worker and first.worker.startswith("provider-batch:")
+    assert (first.outcome, first.error_type) == ("retryable_error", "invalid_json_output")
+    billed = (Decimal(first.prompt_tokens or 0) * 10 + Decimal(first.completion_tokens or 0) * 30) / 1_000_000
+    assert first.completion_tokens and first.cost_usd == billed / 2  # the batch price of what it billed
+    assert second.outcome == "success" and not (second.worker or "").startswith("provider-batch:")
+    assert len(_sim_batches(sim.url, bare)) == 1
 
 
 def test_interactive_jobs_never_go_by_batch(

@@ -161,6 +161,112 @@ def test_anthropic_result_lines_count_cache_tokens_in_the_prompt() -> None:
     )
 
 
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"x"}'}}
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+RICH = ProviderRequest(
+    model="m",
+    messages=(
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", [{"type": "text", "text": "What is this?"}, IMAGE]),
+        ChatMessage("assistant", None, tool_calls=[CALL]),
+        ChatMessage("tool", "42", tool_call_id="call_1"),
+    ),
+    max_tokens=30,
+    temperature=None,
+    options={
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA}},
+        "stop": ["END"],
+        "top_p": 0.5,
+    },
+)
+
+
+def test_an_openai_line_carries_the_whole_request_surface_as_a_normal_call_does() -> None:
+    (line,) = [json.loads(raw) for raw in openai_jsonl([BatchLine("job_a", RICH)]).decode().splitlines()]
+    assert line["body"] == {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        ],
+        "max_tokens": 30,
+        **{k: RICH.options[k] for k in ("tools", "tool_choice", "response_format", "stop", "top_p")},  # type: ignore[index]
+    }
+
+
+def test_an_anthropic_entry_carries_the_whole_request_surface_in_its_own_spelling() -> None:
+    (entry,) = anthropic_requests([BatchLine("job_a", RICH)], default_max_tokens=1024)
+    assert entry["params"] == {
+        "model": "m",
+        "max_tokens": 30,
+        "system": "Be brief.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"},
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "x"}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "42"}]},
+        ],
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any"},
+        "stop_sequences": ["END"],
+        "top_p": 0.5,
+        "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}},
+    }
+
+
+def test_tool_calls_and_every_choice_are_read_back_from_result_lines() -> None:
+    completion = {
+        "model": "m",
+        "choices": [
+            {"index": 1, "message": {"role": "assistant", "content": "second"}, "finish_reason": "stop"},
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                "finish_reason": "tool_calls",
+            },
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4},
+    }
+    (line,) = parse_openai_results(_openai_line("job_a", 200, completion))
+    assert line.response is not None
+    assert (line.response.text, line.response.finish_reason, line.response.tool_calls) == (
+        "",
+        "tool_calls",
+        [CALL],
+    )
+    assert [(c["index"], c["text"]) for c in line.response.choices or []] == [(0, ""), (1, "second")]
+    message = {
+        "model": "claude-x",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 7},
+    }
+    entry = parse_anthropic_result(
+        {"custom_id": "job_b", "result": {"type": "succeeded", "message": message}}
+    )
+    assert entry.response is not None and entry.response.finish_reason == "tool_calls"
+    assert entry.response.tool_calls == [
+        {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"x"}'}}
+    ]
+
+
 def test_a_batch_call_costs_half_the_standard_price_unless_the_file_gives_one() -> None:
     table = PriceTable.from_config(load_providers_file(DEFAULT_PROVIDERS_FILE))
     standard = table.cost("openai/gpt-4o-mini", 2000, 100, cached_tokens=1024)

@@ -1,6 +1,6 @@
 """Which jobs the provider-batch stage parks for the gatherer: bulk jobs on their own model of a
-covered provider, plain text, never batched before, of a tenant without a budget — and the lines
-of /v1/batches unless the config keeps them on the normal path."""
+covered provider, whatever their request surface, never batched before, of a tenant without a
+budget — and the lines of /v1/batches unless the config keeps them on the normal path."""
 
 from __future__ import annotations
 
@@ -42,13 +42,19 @@ def test_a_plain_bulk_job_waits_for_a_provider_batch() -> None:
     assert _parks(_rt(), _claim())
 
 
-def test_interactive_work_and_rich_requests_keep_the_normal_path() -> None:
+def test_interactive_work_and_jobs_batched_before_keep_the_normal_path() -> None:
     rt = _rt()
     assert not _parks(rt, _claim(priority="interactive"))
-    assert not _parks(rt, _claim(request_options={"seed": 1}))
-    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
-    assert not _parks(rt, _claim(messages=[{"role": "user", "content": [image]}]))
     assert not _parks(rt, _claim(provider_batch_id="pb_1"))  # never in a second batch
+
+
+def test_bulk_jobs_with_tools_json_output_or_images_wait_for_a_batch_too() -> None:
+    rt = _rt()
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert _parks(rt, _claim(request_options={"tools": tools, "tool_choice": "required"}))
+    assert _parks(rt, _claim(request_options={"response_format": {"type": "json_object"}, "seed": 1}))
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    assert _parks(rt, _claim(messages=[{"role": "user", "content": [image]}]))
 
 
 def test_batch_lines_go_by_provider_batch_unless_the_config_says_no() -> None:

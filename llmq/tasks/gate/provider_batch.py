@@ -5,13 +5,13 @@ instead of being called now.
 It applies when ``[provider_batches]`` covers the job's provider (``config/provider_batches.py``:
 enabled, OpenAI or Anthropic itself), the job is ``bulk`` (a line of llmq's own ``/v1/batches``
 is, and goes this way unless ``batch_lines = false``), is on the model it asked for (not a
-fallback, not "auto"), asks for plain text (no tools, response format, images or tool turns:
-a batch line carries messages, max_tokens, temperature and user), has not been in a provider
-batch before, and its tenant has no budget
+fallback, not "auto"), has not been in a provider batch before, and its tenant has no budget
 (a budget is reserved before a call and settled after it, and a batch may take 24 hours: such
 jobs keep the normal path). The job waits ``queued`` with ``wait_reason = "provider_batch"``
 until ``fallback_after_s`` after its submission: if no batch took it by then (beat stopped,
-batching broken), the sweeper sends it again and it runs by the normal path.
+batching broken), the sweeper sends it again and it runs by the normal path. Its request
+surface does not matter: a line carries tools, JSON output, images and tool turns as a normal
+call does (``workers/providers/batch_formats.py``).
 """
 
 from __future__ import annotations
@@ -21,20 +21,10 @@ from typing import TYPE_CHECKING
 
 from llmq.models.base import utcnow
 from llmq.models.provider_batches import WAITING
-from llmq.models.records import ClaimedJob
 from llmq.tasks.gate.stages import Park, Ticket
 
 if TYPE_CHECKING:
     from llmq.tasks.runtime import WorkerRuntime
-
-
-def _plain(claim: ClaimedJob) -> bool:
-    """Text messages and none of the request surface's options: what a batch line carries
-    (``workers/providers/batch_formats.py``); a job with tools, a response format, images or
-    tool turns keeps the normal path."""
-    return claim.request_options is None and all(
-        isinstance(m.get("content"), str) and set(m) <= {"role", "content"} for m in claim.messages
-    )
 
 
 class ProviderBatchStage:
@@ -46,7 +36,7 @@ class ProviderBatchStage:
         if claim.batch_id is not None and not config.batch_lines:
             return None  # a line of /v1/batches, and the config keeps those on the normal path
         model = ticket.candidates[0] if ticket.candidates else claim.model
-        if model != claim.model or claim.created_at is None or not _plain(claim):
+        if model != claim.model or claim.created_at is None:
             return None
         provider = model.split("/", 1)[0]
         if not config.covers(provider) or rt.registry.batch_api(provider) is None:

@@ -11,10 +11,15 @@
   "errored", "error": {"type": "error", "error": {"type", "message"}}} | {"type": "canceled"} |
   {"type": "expired"}}``.
 
-Each result line becomes a :class:`LineResult`: a :class:`ProviderResponse`, a typed
-:class:`ProviderError` (whose ``retryable`` the retry policy reads, as for a normal call), or
-``unfinished`` (expired or cancelled before it ran: the job goes back to the normal path).
-A ``custom_id`` is the job's id.
+A line carries the whole request surface, as the provider's normal call would send it: content
+parts (images), tool turns, and the options (tools, tool_choice, response_format, stop, seed,
+top_p, n), through the same mappings (``openai_surface.py`` / ``anthropic_surface.py``). Each
+result line becomes a :class:`LineResult`: a :class:`ProviderResponse` (its tool calls and the
+choices of ``n > 1`` read back as from a normal call), a typed :class:`ProviderError` (whose
+``retryable`` the retry policy reads, as for a normal call), or ``unfinished`` (expired or
+cancelled before it ran: the job goes back to the normal path). A ``custom_id`` is the job's id.
+The check of a ``response_format`` is the caller's (``tasks/provider_batches.py``), as it is
+``Provider.complete``'s for a normal call.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from llmq.workers.providers import anthropic_surface, openai_surface
 from llmq.workers.providers.anthropic_provider import normalise_stop_reason
-from llmq.workers.providers.base import ProviderRequest, ProviderResponse
+from llmq.workers.providers.base import ChatMessage, ProviderRequest, ProviderResponse
 from llmq.workers.providers.errors import (
     InvalidRequestError,
     ProviderError,
@@ -61,18 +67,24 @@ class LineResult:
     unfinished: str | None = None  # "expired" | "canceled": never ran
 
 
-def _roles(request: ProviderRequest) -> None:
-    for m in request.messages:
-        if m.role not in ("system", "user", "assistant"):
-            raise InvalidRequestError(f"unsupported message role {m.role!r}")
+def _openai_message(m: ChatMessage) -> dict[str, Any]:
+    if m.role in ("system", "user"):
+        return {"role": m.role, "content": m.content}
+    if m.role == "assistant":
+        turn: dict[str, Any] = {"role": "assistant", "content": m.content}
+        if m.tool_calls:
+            turn["tool_calls"] = m.tool_calls
+        return turn
+    if m.role == "tool" and m.tool_call_id is not None:
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    raise InvalidRequestError(f"unsupported message role {m.role!r}")
 
 
 def openai_body(request: ProviderRequest) -> dict[str, Any]:
     """The Chat Completions request of one line, as ``providers/openai_provider.py`` sends it."""
-    _roles(request)
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [_openai_message(m) for m in request.messages],
     }
     if request.max_tokens is not None:
         key = "max_completion_tokens" if _REASONING_MODEL.match(request.model) else "max_tokens"
@@ -81,6 +93,8 @@ def openai_body(request: ProviderRequest) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.user is not None:
         body["user"] = request.user
+    if request.options is not None:
+        body.update(openai_surface.request_options(request.options))
     return body
 
 
@@ -102,20 +116,24 @@ def openai_jsonl(lines: Iterable[BatchLine]) -> bytes:
 
 
 def anthropic_params(request: ProviderRequest, default_max_tokens: int) -> dict[str, Any]:
-    """The Messages request of one batch entry, as ``providers/anthropic_provider.py`` sends it."""
-    _roles(request)
-    system = [m.content for m in request.messages if m.role == "system"]
+    """The Messages request of one batch entry, as ``providers/anthropic_provider.py`` sends it
+    (what the SDK sends as ``extra_body`` is a plain key of the entry's params here)."""
+    system, messages = anthropic_surface.conversation(request.messages)
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens if request.max_tokens is not None else default_max_tokens,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        "messages": messages,
     }
-    if system:
-        params["system"] = "\n\n".join(system)
+    if system is not None:
+        params["system"] = system
     if request.temperature is not None:
         params["temperature"] = request.temperature
     if request.user is not None:
         params["metadata"] = {"user_id": request.user}
+    if request.options is not None:
+        options, extra = anthropic_surface.request_options(request.options)
+        params.update(options)
+        params.update(extra)
     return params
 
 
@@ -161,23 +179,67 @@ def _openai_line(line: dict[str, Any]) -> LineResult:
 
 def _openai_response(body: dict[str, Any]) -> ProviderResponse:
     usage = body.get("usage") or {}
-    choices = body.get("choices") or []
-    if not choices:
+    raw = sorted(body.get("choices") or [], key=lambda c: int(c.get("index") or 0))
+    if not raw:
         raise ProviderServerError("openai batch: the answer had no choices")
-    choice = choices[0]
-    message = choice.get("message") or {}
-    text = message.get("content") or ""
-    finish = choice.get("finish_reason") or "unknown"
-    if not text and message.get("refusal"):
-        finish = "content_filter"
+    choices: list[dict[str, Any]] = []
+    for i, choice in enumerate(raw):
+        message = choice.get("message") or {}
+        text = message.get("content") or ""
+        finish = choice.get("finish_reason") or "unknown"
+        if not text and message.get("refusal"):
+            finish = "content_filter"
+        choices.append(
+            {
+                "index": int(choice.get("index", i)),
+                "text": text,
+                "finish_reason": finish,
+                "tool_calls": _openai_tool_calls(message.get("tool_calls")),
+            }
+        )
+    first = choices[0]
     return ProviderResponse(
-        text=text,
-        finish_reason=finish,
+        text=first["text"],
+        finish_reason=first["finish_reason"],
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         model=body.get("model"),
         cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+        tool_calls=first["tool_calls"],
+        choices=choices if len(choices) > 1 else None,
     )
+
+
+def _openai_tool_calls(calls: Any) -> list[dict[str, Any]] | None:
+    """A message's ``tool_calls`` as a normal call reads them (``openai_surface._tool_calls``)."""
+    return [
+        {
+            "id": call.get("id"),
+            "type": "function",
+            "function": {
+                "name": (call.get("function") or {}).get("name"),
+                "arguments": (call.get("function") or {}).get("arguments") or "",
+            },
+        }
+        for call in calls or ()
+        if isinstance(call, dict) and call.get("function")
+    ] or None
+
+
+def _anthropic_tool_calls(content: Any) -> list[dict[str, Any]] | None:
+    """The ``tool_use`` blocks of a message as OpenAI tool calls (``anthropic_surface``)."""
+    return [
+        {
+            "id": block.get("id"),
+            "type": "function",
+            "function": {
+                "name": block.get("name"),
+                "arguments": json.dumps(block.get("input") or {}, separators=(",", ":"), ensure_ascii=False),
+            },
+        }
+        for block in content or ()
+        if block.get("type") == "tool_use"
+    ] or None
 
 
 def parse_anthropic_result(line: dict[str, Any]) -> LineResult:
@@ -190,7 +252,8 @@ def parse_anthropic_result(line: dict[str, Any]) -> LineResult:
         usage = message.get("usage") or {}
         cached = int(usage.get("cache_read_input_tokens") or 0)
         written = int(usage.get("cache_creation_input_tokens") or 0)
-        text = "".join(b.get("text") or "" for b in message.get("content") or () if b.get("type") == "text")
+        content = message.get("content") or ()
+        text = "".join(b.get("text") or "" for b in content if b.get("type") == "text")
         return LineResult(
             custom_id,
             response=ProviderResponse(
@@ -201,6 +264,7 @@ def parse_anthropic_result(line: dict[str, Any]) -> LineResult:
                 model=message.get("model"),
                 cached_tokens=cached,
                 cache_write_tokens=written,
+                tool_calls=_anthropic_tool_calls(content),
             ),
         )
     if kind in ("expired", "canceled"):
