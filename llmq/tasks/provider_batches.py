@@ -54,8 +54,16 @@ from llmq.tasks.call import request_for, result_extra
 from llmq.tasks.enqueue import enqueue_job, try_enqueue_webhook
 from llmq.tasks.gate import model_chain
 from llmq.tasks.policy import after_failure
+from llmq.tasks.provider_batch_budgets import (
+    GIVE_BACK,
+    give_back_lines,
+    renew_holds,
+    reserve_lines,
+    settle_lines,
+)
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
 from llmq.workers.keys import PROVIDER_BATCH_LOCK
+from llmq.workers.providers.base import ProviderResponse, ProviderUsage
 from llmq.workers.providers.batch_clients import BatchApi, BatchRefused, RemoteBatch
 from llmq.workers.providers.batch_formats import BatchLine, LineResult
 from llmq.workers.providers.errors import ProviderError
@@ -176,6 +184,14 @@ def send_batch(rt: WorkerRuntime, batch: ProviderBatch) -> int:
     if not claims:
         _abandon(rt, batch, "no job of the batch is still waiting for it")
         return 0
+    claims, over_budget = reserve_lines(rt, batch, claims)
+    if over_budget:
+        _hand_back(
+            rt, over_budget, "budget", "its budget has no room for its worst case: the normal path decides"
+        )
+    if not claims:
+        _abandon(rt, batch, "no line of the batch fits its budget")
+        return 0
     lines = _lines(rt, claims)
     try:
         file_id = batch.input_file_id or _call(rt, api.upload(lines))
@@ -226,6 +242,15 @@ def _submitted(rt: WorkerRuntime, batch: ProviderBatch, remote: RemoteBatch) -> 
     return int(applied)
 
 
+def _hand_back(rt: WorkerRuntime, claims: list[ClaimedJob], error_type: str, why: str) -> None:
+    """These jobs leave the batch before it is sent, for the normal path."""
+    now = utcnow()
+    with rt.db.transaction() as session:
+        back = [c.job_id for c in claims if give_back(session, c, now, error_type=error_type, message=why)]
+    for job_id in back:
+        enqueue_job(job_id)
+
+
 def _abandon(rt: WorkerRuntime, batch: ProviderBatch, why: str) -> None:
     """The batch will not run (or will never be read): its jobs go back to the normal path."""
     now = utcnow()
@@ -243,6 +268,7 @@ def _abandon(rt: WorkerRuntime, batch: ProviderBatch, why: str) -> None:
             ended_at=now,
             updated_at=now,
         )
+    give_back_lines(rt, batch, (c.job_id for c in claims))  # before the normal path reserves again
     for job_id in back:
         enqueue_job(job_id)
     logger.warning("provider_batch_abandoned", batch_id=batch.id, jobs=len(back), reason=why)
@@ -269,6 +295,7 @@ def poll_batch(rt: WorkerRuntime, batch: ProviderBatch) -> int:
     assert batch.remote_id is not None
     api = _api(rt, batch.provider)
     remote = _call(rt, api.retrieve(batch.remote_id))  # failing: polled again at the next run
+    renew_holds(rt, batch)
     with rt.db.transaction() as session:
         renew_batch_leases(session, batch, until=now + timedelta(seconds=config.lease_s), now=now)
         if not remote.ended:
@@ -325,6 +352,19 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
         else:
             assert line.error is not None
             failed.append((claim, line.error))
+    # The budgets first: what each line cost is settled before a retry by the normal path
+    # reserves again. A line of a job the batch no longer holds was billed all the same.
+    costs: dict[str, Decimal | None] = {c.claim.job_id: c.result.cost_usd or Decimal(0) for c in completions}
+    for claim, error in failed:
+        billed = _billed_at_batch_price(rt, claim, error)
+        costs[claim.job_id] = billed.cost_usd if billed is not None and billed.cost_usd else Decimal(0)
+    costs.update({claim.job_id: GIVE_BACK for claim, _ in unfinished})
+    held_ids = {c.job_id for c in claims}
+    for line in results:
+        if line.custom_id not in held_ids and line.response is not None:
+            usage = _tokens(line.response)
+            costs[line.custom_id] = rt.prices.batch_cost(batch.model, *usage) or Decimal(0)
+    settle_lines(rt, batch, costs)
     events: list[str] = []
     if completions:
         with rt.db.transaction() as session:
@@ -351,12 +391,7 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
 def _batch_result(rt: WorkerRuntime, claim: ClaimedJob, line: LineResult, latency_ms: int) -> CallResult:
     response = line.response
     assert response is not None
-    usage = (
-        response.prompt_tokens,
-        response.completion_tokens,
-        response.cached_tokens,
-        response.cache_write_tokens,
-    )
+    usage = _tokens(response)
     cost = rt.prices.batch_cost(claim.model, *usage)
     standard = rt.prices.cost(claim.model, *usage)
     return CallResult(
@@ -375,18 +410,22 @@ def _batch_result(rt: WorkerRuntime, claim: ClaimedJob, line: LineResult, latenc
     )
 
 
+def _tokens(usage: ProviderResponse | ProviderUsage) -> tuple[int, int, int, int]:
+    return usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+
+
+def _billed_at_batch_price(rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError) -> Billed | None:
+    """What a failed line billed (an answer that missed its schema), at the batch price."""
+    if error.billed is None:
+        return None
+    tokens = _tokens(error.billed)
+    return Billed(*tokens, rt.prices.batch_cost(claim.model, *tokens))
+
+
 def _record_failure(rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError, latency_ms: int) -> list[str]:
     """A line the provider answered with an error: a failed attempt, as the retry policy says
     (retried by the normal path, moved to a fallback, degraded, or failed)."""
-    billed = None
-    if error.billed is not None:  # billed at the batch price, like the line's answer would be
-        tokens = (
-            error.billed.prompt_tokens,
-            error.billed.completion_tokens,
-            error.billed.cached_tokens,
-            error.billed.cache_write_tokens,
-        )
-        billed = Billed(*tokens, rt.prices.batch_cost(claim.model, *tokens))
+    billed = _billed_at_batch_price(rt, claim, error)
     failure = CallFailure(
         error.error_type, str(error), error.status_code, None, latency_ms, error.retryable, billed
     )

@@ -42,6 +42,7 @@ Every check-and-change is one Lua script (``llmq/workers/lua/budget_*.lua``) on 
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -173,6 +174,29 @@ class BudgetHold:
     period: Period
     amount: int
 
+    def to_json(self) -> str:
+        """The hold as JSON, for a process that settles it later (a provider batch's poller)."""
+        return json.dumps(
+            {
+                "reservation": self.reservation,
+                "amount": self.amount,
+                "period": [self.period.kind, self.period.start.isoformat(), self.period.end.isoformat()],
+                "scopes": [[s.kind, s.tenant_id, s.budget_units, s.user, s.key_id] for s in self.scopes],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> BudgetHold:
+        data = json.loads(raw)
+        kind, start, end = data["period"]
+        return cls(
+            reservation=data["reservation"],
+            scopes=tuple(Scope(*scope) for scope in data["scopes"]),
+            period=Period(kind, datetime.fromisoformat(start), datetime.fromisoformat(end)),
+            amount=int(data["amount"]),
+        )
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -228,12 +252,14 @@ class BudgetLedger:
         lifetime_s: float,
         seed: Seeder,
         now: datetime,
+        reservation: str | None = None,
     ) -> Reservation:
         """Hold ``amount`` in every scope, or in none: the first scope without room for it is
         refused. Unseeded scopes are seeded first with ``seed(scopes, period)`` (what the database
-        says each spent in the period), then the reservation is asked again."""
+        says each spent in the period), then the reservation is asked again. A ``reservation``
+        id already held is not held twice: its expiry is renewed (a random id when not given)."""
         keys = self._keys(scopes, period)
-        member = uuid.uuid4().hex
+        member = reservation or uuid.uuid4().hex
         ttl_ms = self._account_ttl_ms(period, now)
         args: list[int | str] = [amount, member, int(lifetime_s * _US), ttl_ms]
         args += [s.budget_units for s in scopes]

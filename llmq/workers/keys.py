@@ -22,6 +22,8 @@ changing one orphans the keys already written under it.
     PROVIDER_BATCH_LOCK  llmq:provider-batch-lock   one provider-batch run at a time
                                          (tasks/provider_batches.py)
     BATCH_TICK_LOCK   llmq:batch-tick-lock  one batch tick at a time (tasks/batches.py)
+    PROVIDER_BATCH_HOLDS llmq:pb-holds   the budget holds of a provider batch's lines
+                                         (tasks/provider_batch_budgets.py): llmq:pb-holds:<batch id>
 
 The broker's keys (the ``llm`` and ``webhooks`` queue lists, kombu's bindings and unacked sets)
 are Celery's and not listed here. The rate limiter, the breakers and the budget ledger take a
@@ -38,6 +40,7 @@ __all__ = [
     "CACHE_PREFIX",
     "CANCEL_CHANNEL",
     "PROGRESS_KEY",
+    "PROVIDER_BATCH_HOLDS",
     "PROVIDER_BATCH_LOCK",
     "RATELIMIT_PREFIX",
     "SWEEP_LOCK",
@@ -53,5 +56,6 @@ CANCEL_CHANNEL = "llmq:cancel"
 SWEEP_LOCK = "llmq:sweep-lock"
 PROVIDER_BATCH_LOCK = "llmq:provider-batch-lock"
 BATCH_TICK_LOCK = "llmq:batch-tick-lock"
+PROVIDER_BATCH_HOLDS = "llmq:pb-holds"
 TENANT_LIMIT_PREFIX = "llmq:tl"
 AUTH_EPOCH_KEY = "llmq:auth:epoch"

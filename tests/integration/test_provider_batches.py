@@ -32,12 +32,14 @@ from llmq.api.app import create_app
 from llmq.config.settings import Settings
 from llmq.models.base import utcnow
 from llmq.models.db import Database
-from llmq.models.tables import Attempt, Job, ProviderBatch
+from llmq.models.tables import Attempt, Job, ProviderBatch, Tenant
 from llmq.models.tenants import create_key
 from llmq.tasks.provider_batches import gather_due, run_provider_batches
 from llmq.tasks.runtime import WorkerRuntime
 from llmq.tasks.sweep import sweep
+from llmq.workers.budgets import Scope, period_of, to_units, to_usd, worst_case_units
 from llmq.workers.providers.batch_clients import AnthropicBatchApi, OpenAIBatchApi
+from llmq.workers.tokens import estimate_input_tokens
 from tests.integration.conftest import SimulatorControl
 from tests.integration.services import (
     celery_worker_argv,
@@ -75,6 +77,8 @@ step_timeout_s = 0.5
 [models."{ANTHROPIC}"]
 {PRICES}
 [models."{BAD_JSON}"]
+{PRICES}
+[models."openai/pb-budget-{RUN}"]
 {PRICES}
 """
     )
@@ -328,6 +332,42 @@ def test_a_line_whose_answer_misses_its_schema_is_retried_by_the_normal_path_and
     assert first.completion_tokens and first.cost_usd == billed / 2  # the batch price of what it billed
     assert second.outcome == "success" and not (second.worker or "").startswith("provider-batch:")
     assert len(_sim_batches(sim.url, bare)) == 1
+
+
+def test_jobs_with_a_budget_go_by_batch_reserved_at_the_batch_price_and_never_overspend(
+    pb_app: Flask, rt: WorkerRuntime, database: Database, simulator: str
+) -> None:
+    """A budget with room for two lines' worst case at the batch price, four bulk jobs: two go
+    in the batch; the other two go back to the normal path, whose budget stage refuses them (the
+    standard price's worst case is twice the batch one). Every hold ends: the spend is exactly
+    what the two lines cost, nothing stays held."""
+    model = f"openai/pb-budget-{RUN}"
+    prompts = [f"summarise report {i}" for i in range(4)]
+    price = rt.prices.price(model)
+    assert price is not None
+    worst = max(
+        worst_case_units(price.batch(), estimate_input_tokens([{"role": "user", "content": p}]), 12)
+        for p in prompts
+    )
+    budget = worst * 2 + worst // 2
+    with database.transaction() as session:
+        issued = create_key(session, tenant_name=f"pb-budget-{RUN}", now=utcnow(), tier="unlimited")
+        session.execute(update(Tenant).where(Tenant.id == issued.tenant_id).values(budget_usd=to_usd(budget)))
+    auth = {"Authorization": f"Bearer {issued.api_key}"}
+    client = pb_app.test_client()
+    ids = _submit(client, auth, model, 4)
+    _parked(database, ids)
+    jobs = _run_until_final(rt, database, ids)
+    by_batch = [j for j in jobs.values() if j.status == "completed"]
+    refused = [_public(client, auth, j.id) for j in jobs.values() if j.status != "completed"]
+    assert len(by_batch) == 2 and all(j.via_batch for j in by_batch)
+    assert [(j["status"], j["error"]["type"]) for j in refused] == [("failed", "budget_exceeded")] * 2
+    (batch,) = _sim_batches(simulator, model.split("/", 1)[1])
+    assert sorted(batch["custom_ids"]) == sorted(j.id for j in by_batch)  # only what fitted was sent
+    spent = sum(to_units(j.cost_usd or 0) for j in by_batch)
+    scope = Scope("tenant", issued.tenant_id, budget)
+    assert rt.budgets.balance(scope, period_of("month", utcnow())) == (spent, 0, True)
+    assert 0 < spent <= budget
 
 
 def test_interactive_jobs_never_go_by_batch(

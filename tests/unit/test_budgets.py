@@ -17,6 +17,7 @@ from llmq.models.records import ClaimedJob
 from llmq.models.tenants import TenantPolicy
 from llmq.tasks.gate import CallEnd, Go, Park, Refuse, after_call, gate
 from llmq.workers.budgets import (
+    BudgetHold,
     BudgetLedger,
     Period,
     Scope,
@@ -141,6 +142,26 @@ def test_an_expired_reservation_is_dropped_and_a_late_settle_counts_once(rdb: re
     assert _reserve(ledger, [TENANT], TENANT.budget_units // 2).hold is not None
     ledger.settle(dead, 700, now=NOW)  # the call did end after all: its cost counts, once
     assert ledger.balance(TENANT, PERIOD) == (700, TENANT.budget_units // 2, True)
+
+
+def test_a_reservation_asked_again_under_its_id_renews_it_and_holds_nothing_twice(rdb: redis.Redis) -> None:
+    """A provider batch's line: its sender resumed, or its poll renewing it, asks again."""
+    ledger = BudgetLedger(rdb)
+    amount = TENANT.budget_units * 3 // 4
+    first = _reserve(ledger, [TENANT, USER], amount // 10, reservation="pb_1:job_1").hold
+    again = _reserve(ledger, [TENANT, USER], amount // 10, reservation="pb_1:job_1", lifetime_s=3600).hold
+    assert first is not None and again == first
+    assert ledger.balance(TENANT, PERIOD) == (0, amount // 10, True)
+    expiry = rdb.zscore(f"llmq:budget:{TENANT.name}:{PERIOD.tag}:exp", "pb_1:job_1")
+    assert expiry is not None and expiry > done(rdb.time())[0] * 1_000_000 + 3000 * 1_000_000  # renewed
+    ledger.settle(first, 900, now=NOW)
+    assert ledger.balance(TENANT, PERIOD) == (900, 0, True)
+
+
+def test_a_hold_survives_its_json_for_the_process_that_settles_it() -> None:
+    hold = BudgetHold("pb_1:job_1", (TENANT, USER, Scope("key", "ten_1", 7, key_id="key_1")), PERIOD, 42)
+    assert BudgetHold.from_json(hold.to_json()) == hold
+    assert BudgetHold.from_json(hold.to_json().encode()) == hold
 
 
 def test_a_spent_budget_refuses_even_a_call_that_costs_nothing(rdb: redis.Redis) -> None:

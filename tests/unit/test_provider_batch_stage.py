@@ -1,6 +1,6 @@
 """Which jobs the provider-batch stage parks for the gatherer: bulk jobs on their own model of a
-covered provider, whatever their request surface, never batched before, of a tenant without a
-budget — and the lines of /v1/batches unless the config keeps them on the normal path."""
+covered provider, whatever their request surface or budget, never batched before — and the lines
+of /v1/batches unless the config keeps them on the normal path."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class BudgetStage:
             period,
             amount,
             lifetime_s=reservation_lifetime_s(rt),
-            seed=lambda unseeded, p: _spent_in_db(rt, unseeded, p),
+            seed=lambda unseeded, p: spent_in_db(rt, unseeded, p),
             now=now,
         )
         if answer.hold is not None:
@@ -110,11 +110,17 @@ class BudgetStage:
         if not end.sent:
             rt.budgets.cancel(hold)  # the provider never saw it
             return
-        now = utcnow()
-        spends = rt.budgets.settle(hold, to_units(end.cost_usd or 0), now=now)
-        crossings = _crossings(rt, hold, spends)
-        if crossings:
-            _alert(rt, crossings, now)
+        settle_hold(rt, hold, end.cost_usd)
+
+
+def settle_hold(rt: WorkerRuntime, hold: BudgetHold, cost_usd: Decimal | None) -> None:
+    """End ``hold`` at what the provider billed (None: nothing), and send the soft thresholds'
+    alerts the spend crossed."""
+    now = utcnow()
+    spends = rt.budgets.settle(hold, to_units(cost_usd or 0), now=now)
+    crossings = _crossings(rt, hold, spends)
+    if crossings:
+        _alert(rt, crossings, now)
 
 
 def _refusal(claim: ClaimedJob, answer: Reservation, period: Period, now: datetime) -> Refusal:
@@ -135,7 +141,7 @@ def _refusal(claim: ClaimedJob, answer: Reservation, period: Period, now: dateti
     return Refusal(0.0, "budget_exceeded", try_next_model=False, error=message)
 
 
-def _spent_in_db(rt: WorkerRuntime, scopes: Sequence[Scope], period: Period) -> list[int]:
+def spent_in_db(rt: WorkerRuntime, scopes: Sequence[Scope], period: Period) -> list[int]:
     """What the usage rollup says each scope spent in ``period`` (units): the seed of a counter
     Redis does not have."""
     with rt.db.session() as session:

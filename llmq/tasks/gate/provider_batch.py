@@ -2,16 +2,17 @@
 price, hours not seconds) is parked to wait for the gatherer (``tasks/provider_batches.py``)
 instead of being called now.
 
-It applies when ``[provider_batches]`` covers the job's provider (``config/provider_batches.py``:
-enabled, OpenAI or Anthropic itself), the job is ``bulk`` (a line of llmq's own ``/v1/batches``
-is, and goes this way unless ``batch_lines = false``), is on the model it asked for (not a
-fallback, not "auto"), has not been in a provider batch before, and its tenant has no budget
-(a budget is reserved before a call and settled after it, and a batch may take 24 hours: such
-jobs keep the normal path). The job waits ``queued`` with ``wait_reason = "provider_batch"``
-until ``fallback_after_s`` after its submission: if no batch took it by then (beat stopped,
-batching broken), the sweeper sends it again and it runs by the normal path. Its request
-surface does not matter: a line carries tools, JSON output, images and tool turns as a normal
-call does (``workers/providers/batch_formats.py``).
+It applies when ``[provider_batches]`` covers the job's provider
+(``config/provider_batches.py``: enabled, OpenAI or Anthropic itself), the job is ``bulk`` (a
+line of llmq's own ``/v1/batches`` is, and goes this way unless ``batch_lines = false``), is on
+the model it asked for (not a fallback, not "auto"), and has not been in a provider batch
+before. A job with a budget waits too: its worst case at the batch price is reserved when its
+batch is sent, and settled when its line comes back (``tasks/provider_batch_budgets.py``). The
+job waits ``queued`` with ``wait_reason = "provider_batch"`` until ``fallback_after_s`` after
+its submission: if no batch took it by then (beat stopped, batching broken), the sweeper sends
+it again and it runs by the normal path. Its request surface does not matter: a line carries
+tools, JSON output, images and tool turns as a normal call does
+(``workers/providers/batch_formats.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,4 @@ class ProviderBatchStage:
         until = claim.created_at + timedelta(seconds=config.fallback_after_s)
         if until <= now:
             return None  # waited its time: the normal path
-        policy = rt.policies.get(claim.tenant_id, claim.api_key_id)
-        if policy is not None and policy.has_budget:
-            return None
         return Park(delay_s=(until - now).total_seconds(), reason=WAITING, until=until)
