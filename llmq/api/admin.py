@@ -35,6 +35,7 @@ from llmq.api.admin_schemas import (
     expiry_of,
 )
 from llmq.api.auth import bump_auth_epoch
+from llmq.api.context import app_db
 from llmq.api.errors import ApiError
 from llmq.models.base import utcnow
 from llmq.models.keys import (
@@ -82,10 +83,6 @@ def require_admin(view: F) -> F:
     return cast(F, wrapper)
 
 
-def _db() -> Any:
-    return current_app.extensions["llmq.db"]
-
-
 def _tiers() -> set[str]:
     return set(current_app.extensions["llmq.providers"].all_tiers())
 
@@ -130,7 +127,7 @@ def _tenant(session: Any, ref: str) -> Tenant:
 @bp.get("/v1/admin/tenants")
 @require_admin
 def tenants_list() -> Response:
-    with _db().session() as session:
+    with app_db().session() as session:
         data = [tenant_public(t) for t in list_tenants(session)]
     return jsonify({"object": "list", "data": data})
 
@@ -144,7 +141,7 @@ def tenants_create() -> tuple[Response, int]:
     fields["tier"] = spec.tier or current_app.extensions["llmq.providers"].tenants.default_tier
     fields["budget_period"] = spec.budget_period
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             view = tenant_public(
                 create_tenant(session, spec.name, utcnow(), tiers=_tiers(), fields=fields), with_secret=True
             )
@@ -159,7 +156,7 @@ def tenants_create() -> tuple[Response, int]:
 @bp.get("/v1/admin/tenants/<ref>")
 @require_admin
 def tenants_read(ref: str) -> Response:
-    with _db().session() as session:
+    with app_db().session() as session:
         return jsonify(tenant_public(_tenant(session, ref)))
 
 
@@ -171,7 +168,7 @@ def tenants_update(ref: str) -> Response:
     if "budget_period" in changes and changes["budget_period"] is None:
         raise ApiError(422, "budget_period: give month, week or day", type="validation_error")
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             _tenant(session, ref)
             view = tenant_public(update_tenant(session, ref, changes, utcnow(), tiers=_tiers()))
     except UnknownTier as exc:
@@ -189,7 +186,7 @@ def tenants_update(ref: str) -> Response:
 def keys_list() -> Response:
     query = KeysQuery.model_validate(request.args.to_dict())
     now = utcnow()
-    with _db().session() as session:
+    with app_db().session() as session:
         tenant_id = _tenant(session, query.tenant).id if query.tenant else None
         rows = list_keys(session, now, tenant_id=tenant_id, include_inactive=query.include_inactive)
         data = [key_public(k, t, now) for k, t in rows]
@@ -203,7 +200,7 @@ def keys_create() -> tuple[Response, int]:
     now = utcnow()
     fields = {k: v for k, v in spec.changes().items() if k not in ("tenant", "expires_in_s")}
     fields["expires_at"] = expiry_of(spec, now)
-    with _db().transaction() as session:
+    with app_db().transaction() as session:
         tenant = _tenant(session, spec.tenant)
         key, plaintext = issue_key(session, tenant, now, fields=fields)
         view = {**key_public(key, tenant, now), "api_key": plaintext}
@@ -215,7 +212,7 @@ def keys_create() -> tuple[Response, int]:
 @require_admin
 def keys_read(key_id: str) -> Response:
     now = utcnow()
-    with _db().session() as session:
+    with app_db().session() as session:
         key = _key(session, key_id)
         return jsonify(key_public(key, _tenant(session, key.tenant_id), now))
 
@@ -225,7 +222,7 @@ def keys_read(key_id: str) -> Response:
 def keys_update(key_id: str) -> Response:
     spec = KeyUpdate.model_validate(_body())
     now = utcnow()
-    with _db().transaction() as session:
+    with app_db().transaction() as session:
         _key(session, key_id)
         key = update_key(session, key_id, spec.changes())
         view = key_public(key, _tenant(session, key.tenant_id), now)
@@ -238,7 +235,7 @@ def keys_update(key_id: str) -> Response:
 @require_admin
 def keys_revoke(key_id: str) -> Response:
     now = utcnow()
-    with _db().transaction() as session:
+    with app_db().transaction() as session:
         _key(session, key_id)
         key = revoke_key(session, key_id, now)
         view = key_public(key, _tenant(session, key.tenant_id), now)
@@ -254,7 +251,7 @@ def keys_rotate(key_id: str) -> tuple[Response, int]:
     spec = KeyRotate.model_validate(_body() if raw.strip() else {})
     now = utcnow()
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             _key(session, key_id)
             new, plaintext, old = rotate_key(session, key_id, now, grace_s=spec.grace_s)
             tenant = _tenant(session, new.tenant_id)

@@ -5,13 +5,12 @@ into jobs by ``llmq.batch_expand`` and the batch is moved along by ``llmq.batch_
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from llmq.api.auth import require_tenant
 from llmq.api.batch_schemas import BatchCreate, PageQuery
+from llmq.api.context import app_db, app_settings
 from llmq.api.errors import ApiError
 from llmq.api.jobs import _json_body
 from llmq.api.openai_errors import use_openai_errors
@@ -33,14 +32,6 @@ bp = Blueprint("batches", __name__)
 use_openai_errors(bp)
 
 
-def _settings() -> Any:
-    return current_app.extensions["llmq.settings"]
-
-
-def _db() -> Any:
-    return current_app.extensions["llmq.db"]
-
-
 @bp.post("/v1/batches")
 @require_tenant
 def create() -> Response:
@@ -49,7 +40,7 @@ def create() -> Response:
         raise ApiError(400, "the request body must be a JSON object", type="invalid_request_error")
     spec = BatchCreate.model_validate(body)
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             batch = create_batch(
                 session,
                 tenant_id=g.tenant.id,
@@ -57,7 +48,7 @@ def create() -> Response:
                 input_file_id=spec.input_file_id,
                 endpoint=spec.endpoint,
                 completion_window=spec.completion_window,
-                window_s=_settings().batch_completion_window_s,
+                window_s=app_settings().batch_completion_window_s,
                 metadata=spec.metadata,
                 request_id=g.get("request_id"),
                 now=utcnow(),
@@ -74,7 +65,7 @@ def create() -> Response:
 @bp.get("/v1/batches/<batch_id>")
 @require_tenant
 def retrieve(batch_id: str) -> Response:
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             return jsonify(batch_public(get_batch(session, g.tenant.id, batch_id)))
         except BatchNotFound:
@@ -85,7 +76,7 @@ def retrieve(batch_id: str) -> Response:
 @require_tenant
 def cancel(batch_id: str) -> Response:
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             payload = batch_public(
                 request_cancel(session, tenant_id=g.tenant.id, batch_id=batch_id, now=utcnow())
             )
@@ -103,7 +94,7 @@ def cancel(batch_id: str) -> Response:
 @require_tenant
 def list_() -> Response:
     query = PageQuery.model_validate(request.args.to_dict())
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             rows, has_more = list_batches(
                 session, tenant_id=g.tenant.id, after=query.after, limit=query.limit

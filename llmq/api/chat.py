@@ -36,6 +36,7 @@ from llmq.api.chat_errors import (
 from llmq.api.chat_schemas import ChatCompletionCreate, unsupported_llmq_options
 from llmq.api.chat_shape import ChunkMaker, sse
 from llmq.api.chat_wait import Waiter, stream_events
+from llmq.api.context import app_settings
 from llmq.api.correlation import JOB_ID_HEADER
 from llmq.api.errors import ApiError
 from llmq.api.jobs import _json_body, accept_job
@@ -75,7 +76,7 @@ def create() -> Response:
             tenant_id=g.tenant.id,
             job_id=job["id"],
             deadline=time.monotonic() + wait_s,
-            poll_max_s=_settings().chat_poll_max_s,
+            poll_max_s=app_settings().chat_poll_max_s,
         )
         if chat.stream:
             response = _stream(chat, job, waiter, headers)
@@ -162,7 +163,7 @@ def _still_running(job_id: str, headers: dict[str, str]) -> Response:
 
 
 def _wait_s() -> float:
-    settings = _settings()
+    settings = app_settings()
     raw = request.headers.get(WAIT_HEADER)
     if raw is None:
         return float(settings.chat_wait_s)
@@ -181,13 +182,9 @@ def _slots() -> threading.BoundedSemaphore:
     with _slots_lock:
         slots = current_app.extensions.get("llmq.chat_slots")
         if slots is None:
-            slots = threading.BoundedSemaphore(_settings().chat_max_waiting)
+            slots = threading.BoundedSemaphore(app_settings().chat_max_waiting)
             current_app.extensions["llmq.chat_slots"] = slots
         return slots
-
-
-def _settings() -> Any:
-    return current_app.extensions["llmq.settings"]
 
 
 @bp.errorhandler(Refused)

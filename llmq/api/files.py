@@ -8,15 +8,16 @@ small text fields (``purpose``) are held in memory.
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO
 
 import structlog
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from llmq.api.auth import require_tenant
 from llmq.api.batch_schemas import FileListQuery
+from llmq.api.context import app_db, app_settings
 from llmq.api.errors import ApiError
 from llmq.api.openai_errors import use_openai_errors
 from llmq.models.base import utcnow
@@ -46,16 +47,8 @@ FIELD_MEMORY = 1024 * 1024
 UPLOAD_PURPOSES = {"batch"}
 
 
-def _settings() -> Any:
-    return current_app.extensions["llmq.settings"]
-
-
-def _db() -> Any:
-    return current_app.extensions["llmq.db"]
-
-
 def _store() -> FileStore:
-    return FileStore(_settings().files_root)
+    return FileStore(app_settings().files_root)
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -71,7 +64,7 @@ def _drain(stream: IO[bytes]) -> None:
 @bp.post("/v1/files")
 @require_tenant
 def upload() -> Response:
-    settings = _settings()
+    settings = app_settings()
     if request.mimetype != "multipart/form-data":
         raise _bad("send the file as multipart/form-data, with the fields 'file' and 'purpose'")
     request.max_content_length = settings.batch_max_file_bytes + MULTIPART_SLACK
@@ -136,7 +129,7 @@ def upload() -> Response:
         raise _bad("the file is empty", "file")
     store.publish(file_id)
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             row = add_file(
                 session,
                 file_id=file_id,
@@ -161,7 +154,7 @@ def _close(writers: list[CountingWriter]) -> None:
 
 
 def _file(file_id: str) -> StoredFile:
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             return get_file(session, g.tenant.id, file_id)
         except FileNotFound:
@@ -189,7 +182,7 @@ def content(file_id: str) -> Response:
 @require_tenant
 def delete(file_id: str) -> Response:
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             row = delete_file(session, g.tenant.id, file_id)
             storage_name = row.storage_name
     except FileNotFound:
@@ -206,7 +199,7 @@ def delete(file_id: str) -> Response:
 @require_tenant
 def list_() -> Response:
     query = FileListQuery.model_validate(request.args.to_dict())
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             rows, has_more = list_files(
                 session, tenant_id=g.tenant.id, purpose=query.purpose, after=query.after, limit=query.limit

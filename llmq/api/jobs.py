@@ -11,6 +11,7 @@ import structlog
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from llmq.api.auth import require_tenant
+from llmq.api.context import app_db, app_settings
 from llmq.api.correlation import current_traceparent
 from llmq.api.errors import ApiError
 from llmq.api.schemas import JobCreate, JobListQuery
@@ -49,14 +50,6 @@ def _json_body() -> Any:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", type="invalid_json") from None
 
 
-def _settings() -> Any:
-    return current_app.extensions["llmq.settings"]
-
-
-def _db() -> Any:
-    return current_app.extensions["llmq.db"]
-
-
 @bp.post("/v1/jobs")
 @require_tenant
 def submit() -> tuple[Response, int, dict[str, str]]:
@@ -74,7 +67,7 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
     """Store a validated job for the request's tenant and send it to the queue: the one way in,
     for ``/v1/jobs`` and ``/v1/chat/completions`` alike. Returns the job object and whether it was
     created (False: an Idempotency-Key replay, answered with the first job)."""
-    settings = _settings()
+    settings = app_settings()
     model = spec.model or settings.default_model
     providers = current_app.extensions["llmq.provider_specs"]
     for candidate in [model, *(spec.fallbacks or [])]:
@@ -120,7 +113,7 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
         request_options=request_options,
     )
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             job, created = create_job(
                 session,
                 tenant_id=g.tenant.id,
@@ -145,7 +138,7 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
     job_submitted()
     if not try_enqueue_job(payload["id"]):
         try:
-            with _db().transaction() as session:
+            with app_db().transaction() as session:
                 mark_not_enqueued(session, payload["id"])
         except Exception:  # still safe: the sweeper re-enqueues stale queued jobs too
             logger.warning("enqueue_mark_failed", job_id=payload["id"])
@@ -156,7 +149,7 @@ def accept_job(spec: JobCreate, idempotency_key: str | None) -> tuple[dict[str, 
 @bp.get("/v1/jobs/<job_id>")
 @require_tenant
 def read(job_id: str) -> Response:
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             job = get_job(session, g.tenant.id, job_id)
         except JobNotFound:
@@ -175,7 +168,7 @@ def status(job_id: str) -> Response:
 @bp.get("/v1/jobs/<job_id>/attempts")
 @require_tenant
 def attempts(job_id: str) -> Response:
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             get_job(session, g.tenant.id, job_id)
         except JobNotFound:
@@ -208,7 +201,7 @@ def attempts(job_id: str) -> Response:
 @require_tenant
 def cancel(job_id: str) -> Response:
     try:
-        with _db().transaction() as session:
+        with app_db().transaction() as session:
             transition = cancel_job(session, tenant_id=g.tenant.id, job_id=job_id, now=utcnow())
             assert transition.job is not None
             payload = job_public(transition.job)
@@ -230,7 +223,7 @@ def cancel(job_id: str) -> Response:
 @require_tenant
 def webhooks(job_id: str) -> Response:
     """Every webhook event of the job, with every delivery attempt."""
-    with _db().session() as session:
+    with app_db().session() as session:
         try:
             get_job(session, g.tenant.id, job_id)
         except JobNotFound:
@@ -243,7 +236,7 @@ def webhooks(job_id: str) -> Response:
 @require_tenant
 def redeliver(job_id: str) -> tuple[Response, int]:
     """Send the job's final event once more, with the same ``webhook-id``."""
-    with _db().transaction() as session:
+    with app_db().transaction() as session:
         try:
             get_job(session, g.tenant.id, job_id)
         except JobNotFound:
@@ -252,7 +245,7 @@ def redeliver(job_id: str) -> tuple[Response, int]:
         if event_id is None:
             raise ApiError(409, "this job has no webhook event to redeliver yet", type="conflict")
     try_enqueue_webhook(event_id)  # the event is due now: the sweeper sends it if the broker is away
-    with _db().session() as session:
+    with app_db().session() as session:
         data = events_for_job(session, job_id)
     return jsonify({"object": "list", "data": data}), 202
 
@@ -262,7 +255,7 @@ def redeliver(job_id: str) -> tuple[Response, int]:
 def list_jobs() -> Response:
     query = JobListQuery.model_validate(request.args.to_dict())
     after = _decode_cursor(query.cursor) if query.cursor else None
-    with _db().session() as session:
+    with app_db().session() as session:
         jobs, has_more = jobs_page(
             session, tenant_id=g.tenant.id, status=query.status, after=after, limit=query.limit
         )

@@ -13,12 +13,13 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from llmq.api.context import app_db
 from llmq.api.jobs import _decode_cursor, _encode_cursor
 from llmq.api.ui_session import (
     Viewer,
@@ -85,10 +86,6 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
     return Response(render_template(f"ui/{template}", **context), status=status, mimetype="text/html")
 
 
-def _db() -> Any:
-    return current_app.extensions["llmq.db"]
-
-
 def _login_page(error: str | None = None, status: int = 200) -> Response:
     token = new_csrf_token()
     response = _page("login.html", status, csrf=token, error=error, viewer=None)
@@ -150,7 +147,7 @@ def jobs() -> BaseResponse:
         after = _decode_cursor(cursor) if cursor else None
     except Exception:  # a hand-edited cursor: start from the top
         after = None
-    with _db().session() as session:
+    with app_db().session() as session:
         page, has_more = list_jobs(
             session, tenant_id=viewer.tenant_id, status=status, after=after, limit=limit
         )
@@ -192,12 +189,12 @@ def job(job_id: str) -> BaseResponse:
     viewer = _viewer_or_login()
     if isinstance(viewer, BaseResponse):
         return viewer
-    with _db().session() as session:
+    with app_db().session() as session:
         found = session.get(Job, job_id)
         if found is None or (viewer.tenant_id is not None and found.tenant_id != viewer.tenant_id):
             return _page("error.html", 404, viewer=viewer, message=f"No job {job_id}.")
         tenant = session.get(Tenant, found.tenant_id) if viewer.is_admin else None
-        context = {
+        context: dict[str, Any] = {
             "job": _row(found, {found.tenant_id: tenant.name} if tenant else {}),
             "messages": [_shown(m) for m in found.messages or []],
             "result_text": found.result_text,
