@@ -35,7 +35,7 @@ from llmq.api.admin_schemas import (
     expiry_of,
 )
 from llmq.api.auth import bump_auth_epoch
-from llmq.api.context import app_db
+from llmq.api.context import app_db, app_settings
 from llmq.api.errors import ApiError
 from llmq.models.base import utcnow
 from llmq.models.keys import (
@@ -69,7 +69,7 @@ bp = Blueprint("admin", __name__)
 def require_admin(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = current_app.extensions["llmq.settings"].admin_token
+        token = app_settings().admin_token
         if token is None:
             raise ApiError(
                 403, "the admin API is off: set LLMQ_ADMIN_TOKEN to turn it on", type="admin_disabled"
@@ -106,7 +106,7 @@ def _check_webhook(changes: dict[str, Any]) -> dict[str, Any]:
     if changes.get("webhook_url") is not None:
         url = str(changes["webhook_url"])
         changes["webhook_url"] = url
-        if not current_app.extensions["llmq.settings"].webhook_allow_private:
+        if not app_settings().webhook_allow_private:
             try:
                 check_at_submit(url)
             except BlockedDestination as exc:

@@ -27,6 +27,7 @@ import redis
 import structlog
 from flask import current_app, g, request
 
+from llmq.api.context import app_db
 from llmq.api.errors import ApiError
 from llmq.models.base import utcnow
 from llmq.models.keys import key_status, lookup_key
@@ -93,7 +94,7 @@ def _lookup(api_key: str) -> AuthenticatedTenant:
 
 
 def _from_database(api_key: str) -> AuthenticatedTenant:
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         found_pair = lookup_key(session, api_key)
         if found_pair is None:
             raise ApiError(401, "invalid API key")

@@ -36,7 +36,7 @@ from llmq.api.chat_errors import (
 from llmq.api.chat_schemas import ChatCompletionCreate, unsupported_llmq_options
 from llmq.api.chat_shape import ChunkMaker, sse
 from llmq.api.chat_wait import Waiter, stream_events
-from llmq.api.context import app_settings
+from llmq.api.context import app_db, app_settings
 from llmq.api.correlation import JOB_ID_HEADER
 from llmq.api.errors import ApiError
 from llmq.api.jobs import _json_body, accept_job
@@ -71,7 +71,7 @@ def create() -> Response:
         job, _ = accept_job(spec, request.headers.get("Idempotency-Key"))
         headers = {JOB_ID_HEADER: job["id"], "Location": url_for("jobs.read", job_id=job["id"])}
         waiter = Waiter(
-            db=current_app.extensions["llmq.db"],
+            db=app_db(),
             redis=current_app.extensions["llmq.redis"],
             tenant_id=g.tenant.id,
             job_id=job["id"],

@@ -11,6 +11,7 @@ import redis
 from flask import Blueprint, Response, current_app, g, jsonify
 
 from llmq.api.auth import require_tenant
+from llmq.api.context import app_db
 from llmq.api.errors import ApiError
 from llmq.api.tenant_limits import tenant_limiter
 from llmq.models.base import isoformat
@@ -24,7 +25,7 @@ bp = Blueprint("limits", __name__)
 @require_tenant
 def limits() -> Response:
     tenant = g.tenant
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         policy = load_policy(session, current_app.extensions["llmq.providers"], tenant.id, tenant.key_id)
     if policy is None:
         raise ApiError(404, "this key's tenant no longer exists")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from llmq.api.context import app_db
 from llmq.api.metrics import render_metrics
 from llmq.api.openapi import build_openapi
 
@@ -19,7 +20,7 @@ def health() -> Response:
 def ready() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:
-        current_app.extensions["llmq.db"].ping()
+        app_db().ping()
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not reachable"
         checks["database"] = f"unreachable: {type(exc).__name__}"

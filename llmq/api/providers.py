@@ -12,6 +12,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from llmq.api.auth import require_tenant
+from llmq.api.context import app_db
 from llmq.models.base import utcnow
 from llmq.models.stats import recent_attempts
 from llmq.workers.breaker import CircuitBreakers
@@ -36,7 +37,7 @@ def _percentile(values: list[int], q: float) -> int | None:
 def providers() -> Response:
     config = current_app.extensions["llmq.providers"]
     since = utcnow() - timedelta(seconds=WINDOW_S)
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         rows = recent_attempts(session, since=since, limit=SAMPLE)
     calls: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     for model, outcome, latency in rows:

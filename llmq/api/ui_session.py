@@ -25,6 +25,7 @@ from flask import Flask, current_app, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
+from llmq.api.context import app_db, app_settings
 from llmq.models.base import utcnow
 from llmq.models.tables import ApiKey, Tenant
 from llmq.models.tenants import tenant_for_key
@@ -109,7 +110,7 @@ def log_in(secret: str) -> dict[str, str] | None:
         return {"admin": _admin_fingerprint(admin_token), "csrf": csrf}
     if not secret:
         return None
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         found = tenant_for_key(session, secret)
         if found is None or not _key_usable(found[1]):
             return None
@@ -141,7 +142,7 @@ def current_viewer() -> Viewer | None:
         if admin_token and hmac.compare_digest(str(data["admin"]), _admin_fingerprint(admin_token)):
             return Viewer(csrf=data["csrf"])
         return None
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         key = session.get(ApiKey, str(data.get("key")))
         if key is None or not _key_usable(key):
             return None
@@ -160,5 +161,5 @@ def _key_usable(key: ApiKey) -> bool:
 
 def _admin_token() -> str | None:
     """The admin token's value (a SecretStr in the settings, so that it never shows in a repr)."""
-    token = current_app.extensions["llmq.settings"].admin_token
+    token = app_settings().admin_token
     return token.get_secret_value() if token is not None else None

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from llmq.api.auth import require_tenant
+from llmq.api.context import app_db
 from llmq.api.errors import ApiError
 from llmq.api.usage_schemas import MAX_DAYS, UsageQuery
 from llmq.models.base import utcnow
@@ -38,6 +39,6 @@ def usage() -> Response:
         group_by = parse_group_by(query.group_by, keys)
     except UnknownGroup as exc:
         raise ApiError(422, str(exc), type="validation_error") from None
-    with current_app.extensions["llmq.db"].session() as session:
+    with app_db().session() as session:
         report = usage_report(session, g.tenant.id, start, end, group_by)
     return jsonify(report.public())

@@ -30,7 +30,7 @@ from llmq.models.records import ClaimedJob
 from llmq.models.tables import ProviderBatch
 from llmq.tasks.gate.budget import scopes_of, settle_hold, spent_in_db
 from llmq.tasks.runtime import WorkerRuntime
-from llmq.workers.budgets import BudgetHold, period_of, worst_case_units
+from llmq.workers.budgets import BudgetHold, Period, Reservation, Scope, period_of, worst_case_units
 from llmq.workers.keys import PROVIDER_BATCH_HOLDS
 from llmq.workers.tokens import estimate_input_tokens
 
@@ -39,7 +39,6 @@ logger = structlog.get_logger(__name__)
 # How long a batch's holds are kept in Redis at most: the providers' 24 h window, with room for
 # a late poll. A hold itself lives only as long as the batch's leases (hold_lifetime_s).
 _KEEP = timedelta(hours=26)
-GIVE_BACK = None  # a line that never ran: its hold is given back, nothing was spent
 
 
 def _key(batch: ProviderBatch) -> str:
@@ -49,6 +48,21 @@ def _key(batch: ProviderBatch) -> str:
 def hold_lifetime_s(rt: WorkerRuntime) -> float:
     config = rt.providers.provider_batches
     return config.lease_s + config.poll_interval_s
+
+
+def _reserve(
+    rt: WorkerRuntime, scopes: list[Scope], period: Period, amount: int, reservation: str
+) -> Reservation:
+    """Hold (or renew, when already held under ``reservation``) a line's worst case."""
+    return rt.budgets.reserve(
+        scopes,
+        period,
+        amount,
+        lifetime_s=hold_lifetime_s(rt),
+        seed=lambda unseeded, p: spent_in_db(rt, unseeded, p),
+        now=utcnow(),
+        reservation=reservation,
+    )
 
 
 def _holds(rt: WorkerRuntime, batch: ProviderBatch) -> dict[str, BudgetHold]:
@@ -65,7 +79,6 @@ def reserve_lines(
     """``(lines to send, lines a budget has no room for)``: every line of a job with a budget
     holds its worst case at the batch price before the provider sees it."""
     now = utcnow()
-    lifetime = hold_lifetime_s(rt)
     held = _holds(rt, batch)  # a resumed sender: the same holds, renewed
     fresh: dict[str, str] = {}
     send: list[ClaimedJob] = []
@@ -86,15 +99,7 @@ def reserve_lines(
             amount = worst_case_units(
                 None if price is None else price.batch(), estimate_input_tokens(claim.messages), max_tokens
             )
-        answer = rt.budgets.reserve(
-            scopes,
-            period,
-            amount,
-            lifetime_s=lifetime,
-            seed=lambda unseeded, p: spent_in_db(rt, unseeded, p),
-            now=now,
-            reservation=f"{batch.id}:{claim.job_id}",
-        )
+        answer = _reserve(rt, scopes, period, amount, f"{batch.id}:{claim.job_id}")
         if answer.hold is None:
             refused.append(claim)
             continue
@@ -112,35 +117,26 @@ def reserve_lines(
 
 def renew_holds(rt: WorkerRuntime, batch: ProviderBatch) -> None:
     """Push back the expiry of every hold of the batch (at each poll, with its leases)."""
-    held = _holds(rt, batch)
-    now = utcnow()
-    for job_id, hold in held.items():
-        answer = rt.budgets.reserve(
-            hold.scopes,
-            hold.period,
-            hold.amount,
-            lifetime_s=hold_lifetime_s(rt),
-            seed=lambda unseeded, p: spent_in_db(rt, unseeded, p),
-            now=now,
-            reservation=hold.reservation,
-        )
+    for job_id, hold in _holds(rt, batch).items():
+        answer = _reserve(rt, list(hold.scopes), hold.period, hold.amount, hold.reservation)
         if answer.hold is None:  # it had expired (a late poll) and the room went meanwhile
             logger.warning("provider_batch_hold_lost", batch_id=batch.id, job_id=job_id)
 
 
-def settle_lines(rt: WorkerRuntime, batch: ProviderBatch, costs: Mapping[str, Decimal | None]) -> None:
-    """End the holds of these lines: each at its cost (``GIVE_BACK``: it never ran)."""
+def settle_lines(
+    rt: WorkerRuntime, batch: ProviderBatch, costs: Mapping[str, Decimal], given_back: Iterable[str] = ()
+) -> None:
+    """End the holds of these lines: each of ``costs`` at its cost, each of ``given_back`` (it
+    never ran) with nothing spent."""
     held = _holds(rt, batch)
-    ended = [job_id for job_id in costs if job_id in held]
-    for job_id in ended:
-        cost = costs[job_id]
-        if cost is GIVE_BACK:
-            rt.budgets.cancel(held[job_id])
-        else:
+    ended: list[str] = []
+    for job_id, cost in costs.items():
+        if job_id in held:
             settle_hold(rt, held[job_id], cost)
+            ended.append(job_id)
+    for job_id in given_back:
+        if job_id in held:
+            rt.budgets.cancel(held[job_id])
+            ended.append(job_id)
     if ended:
         rt.redis.hdel(_key(batch), *ended)
-
-
-def give_back_lines(rt: WorkerRuntime, batch: ProviderBatch, job_ids: Iterable[str]) -> None:
-    settle_lines(rt, batch, dict.fromkeys(job_ids, GIVE_BACK))

@@ -54,13 +54,7 @@ from llmq.tasks.call import request_for, result_extra
 from llmq.tasks.enqueue import enqueue_job, try_enqueue_webhook
 from llmq.tasks.gate import model_chain
 from llmq.tasks.policy import after_failure
-from llmq.tasks.provider_batch_budgets import (
-    GIVE_BACK,
-    give_back_lines,
-    renew_holds,
-    reserve_lines,
-    settle_lines,
-)
+from llmq.tasks.provider_batch_budgets import renew_holds, reserve_lines, settle_lines
 from llmq.tasks.runtime import WorkerRuntime, get_runtime
 from llmq.workers.keys import PROVIDER_BATCH_LOCK
 from llmq.workers.providers.base import ProviderResponse, ProviderUsage
@@ -268,7 +262,7 @@ def _abandon(rt: WorkerRuntime, batch: ProviderBatch, why: str) -> None:
             ended_at=now,
             updated_at=now,
         )
-    give_back_lines(rt, batch, (c.job_id for c in claims))  # before the normal path reserves again
+    settle_lines(rt, batch, {}, given_back=[c.job_id for c in claims])  # before the normal path reserves
     for job_id in back:
         enqueue_job(job_id)
     logger.warning("provider_batch_abandoned", batch_id=batch.id, jobs=len(back), reason=why)
@@ -295,7 +289,8 @@ def poll_batch(rt: WorkerRuntime, batch: ProviderBatch) -> int:
     assert batch.remote_id is not None
     api = _api(rt, batch.provider)
     remote = _call(rt, api.retrieve(batch.remote_id))  # failing: polled again at the next run
-    renew_holds(rt, batch)
+    if not remote.ended:  # an ended batch's holds are settled below, not renewed
+        renew_holds(rt, batch)
     with rt.db.transaction() as session:
         renew_batch_leases(session, batch, until=now + timedelta(seconds=config.lease_s), now=now)
         if not remote.ended:
@@ -354,17 +349,15 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
             failed.append((claim, line.error))
     # The budgets first: what each line cost is settled before a retry by the normal path
     # reserves again. A line of a job the batch no longer holds was billed all the same.
-    costs: dict[str, Decimal | None] = {c.claim.job_id: c.result.cost_usd or Decimal(0) for c in completions}
-    for claim, error in failed:
-        billed = _billed_at_batch_price(rt, claim, error)
-        costs[claim.job_id] = billed.cost_usd if billed is not None and billed.cost_usd else Decimal(0)
-    costs.update({claim.job_id: GIVE_BACK for claim, _ in unfinished})
+    costs = {c.claim.job_id: c.result.cost_usd or Decimal(0) for c in completions}
+    billed = {claim.job_id: _billed_at_batch_price(rt, claim, error) for claim, error in failed}
+    costs.update({job_id: (b.cost_usd if b else None) or Decimal(0) for job_id, b in billed.items()})
     held_ids = {c.job_id for c in claims}
     for line in results:
         if line.custom_id not in held_ids and line.response is not None:
             usage = _tokens(line.response)
             costs[line.custom_id] = rt.prices.batch_cost(batch.model, *usage) or Decimal(0)
-    settle_lines(rt, batch, costs)
+    settle_lines(rt, batch, costs, given_back=[claim.job_id for claim, _ in unfinished])
     events: list[str] = []
     if completions:
         with rt.db.transaction() as session:
@@ -374,7 +367,7 @@ def write_results(rt: WorkerRuntime, batch: ProviderBatch, results: list[LineRes
                 observe.job_ended("completed", "provider_batch")
             events.extend(transition.event_ids)
     for claim, error in failed:
-        events.extend(_record_failure(rt, claim, error, latency_ms))
+        events.extend(_record_failure(rt, claim, error, billed[claim.job_id], latency_ms))
     back = []
     with rt.db.transaction() as session:
         for claim, why in unfinished:
@@ -422,10 +415,11 @@ def _billed_at_batch_price(rt: WorkerRuntime, claim: ClaimedJob, error: Provider
     return Billed(*tokens, rt.prices.batch_cost(claim.model, *tokens))
 
 
-def _record_failure(rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError, latency_ms: int) -> list[str]:
+def _record_failure(
+    rt: WorkerRuntime, claim: ClaimedJob, error: ProviderError, billed: Billed | None, latency_ms: int
+) -> list[str]:
     """A line the provider answered with an error: a failed attempt, as the retry policy says
     (retried by the normal path, moved to a fallback, degraded, or failed)."""
-    billed = _billed_at_batch_price(rt, claim, error)
     failure = CallFailure(
         error.error_type, str(error), error.status_code, None, latency_ms, error.retryable, billed
     )

@@ -132,19 +132,25 @@ def auth(database: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {issued.api_key}"}
 
 
+def _submit_bodies(
+    client: FlaskClient, auth: dict[str, str], model: str, bodies: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """Each body as a bulk job of ``model`` (a body may say otherwise); the job ids by name."""
+    ids = {}
+    for name, body in bodies.items():
+        response = client.post("/v1/jobs", json={"model": model, "priority": "bulk", **body}, headers=auth)
+        assert response.status_code == 202, response.get_json()
+        ids[name] = response.get_json()["id"]
+    return ids
+
+
 def _submit(
     client: FlaskClient, auth: dict[str, str], model: str, n: int, priority: str = "bulk"
 ) -> list[str]:
-    ids = []
-    for i in range(n):
-        response = client.post(
-            "/v1/jobs",
-            json={"prompt": f"summarise report {i}", "model": model, "priority": priority, "max_tokens": 12},
-            headers=auth,
-        )
-        assert response.status_code == 202, response.get_json()
-        ids.append(response.get_json()["id"])
-    return ids
+    bodies = {
+        str(i): {"prompt": f"summarise report {i}", "priority": priority, "max_tokens": 12} for i in range(n)
+    }
+    return list(_submit_bodies(client, auth, model, bodies).values())
 
 
 def _jobs(database: Database, ids: list[str]) -> dict[str, Job]:
@@ -248,17 +254,6 @@ PIXEL = (  # a 1x1 PNG
     "MIQAAAABJRU5ErkJggg=="
 )
 QUESTION = "What is on this receipt?"
-
-
-def _submit_bodies(
-    client: FlaskClient, auth: dict[str, str], model: str, bodies: dict[str, dict[str, Any]]
-) -> dict[str, str]:
-    ids = {}
-    for name, body in bodies.items():
-        response = client.post("/v1/jobs", json={"model": model, "priority": "bulk", **body}, headers=auth)
-        assert response.status_code == 202, response.get_json()
-        ids[name] = response.get_json()["id"]
-    return ids
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])

@@ -53,7 +53,7 @@ from llmq.workers.providers.errors import (
 if TYPE_CHECKING:
     from anthropic.types import Message, MessageParam
 
-__all__ = ["AnthropicProvider", "normalise_stop_reason"]
+__all__ = ["AnthropicProvider", "from_message", "normalise_stop_reason"]
 
 _STOP_REASONS = {
     "end_turn": "stop",
@@ -160,7 +160,7 @@ class AnthropicProvider(SdkProvider):
                 message = await self._client.messages.create(**params)
             except anthropic.AnthropicError as exc:
                 raise self._map_error(exc, request) from exc
-            response = _from_message(message)
+            response = from_message(message)
             if request.options is not None and message.stop_reason == "tool_use":
                 response = replace(response, tool_calls=surface.tool_calls_of(message))
             return response
@@ -293,7 +293,8 @@ class AnthropicProvider(SdkProvider):
         return ProviderError(scrub(f"{self.name}: {type(exc).__name__}: {exc}"))
 
 
-def _from_message(message: Message) -> ProviderResponse:
+def from_message(message: Message) -> ProviderResponse:
+    """A Messages answer's text, stop reason and usage (its tool calls: ``anthropic_surface``)."""
     text = "".join(block.text for block in message.content if block.type == "text")
     usage = message.usage
     return ProviderResponse(

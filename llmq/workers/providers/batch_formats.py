@@ -27,11 +27,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from anthropic.types import Message
+from openai.types.chat import ChatCompletion
+
 from llmq.workers.providers import anthropic_surface, openai_surface
-from llmq.workers.providers.anthropic_provider import normalise_stop_reason
+from llmq.workers.providers.anthropic_provider import from_message
 from llmq.workers.providers.base import ChatMessage, ProviderRequest, ProviderResponse
 from llmq.workers.providers.errors import (
     InvalidRequestError,
@@ -51,6 +54,7 @@ __all__ = [
 
 OPENAI_ENDPOINT: Final = "/v1/chat/completions"
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+_NO_USAGE: Final = {"input_tokens": 0, "output_tokens": 0}
 
 
 @dataclass(frozen=True)
@@ -178,68 +182,9 @@ def _openai_line(line: dict[str, Any]) -> LineResult:
 
 
 def _openai_response(body: dict[str, Any]) -> ProviderResponse:
-    usage = body.get("usage") or {}
-    raw = sorted(body.get("choices") or [], key=lambda c: int(c.get("index") or 0))
-    if not raw:
-        raise ProviderServerError("openai batch: the answer had no choices")
-    choices: list[dict[str, Any]] = []
-    for i, choice in enumerate(raw):
-        message = choice.get("message") or {}
-        text = message.get("content") or ""
-        finish = choice.get("finish_reason") or "unknown"
-        if not text and message.get("refusal"):
-            finish = "content_filter"
-        choices.append(
-            {
-                "index": int(choice.get("index", i)),
-                "text": text,
-                "finish_reason": finish,
-                "tool_calls": _openai_tool_calls(message.get("tool_calls")),
-            }
-        )
-    first = choices[0]
-    return ProviderResponse(
-        text=first["text"],
-        finish_reason=first["finish_reason"],
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        model=body.get("model"),
-        cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-        tool_calls=first["tool_calls"],
-        choices=choices if len(choices) > 1 else None,
-    )
-
-
-def _openai_tool_calls(calls: Any) -> list[dict[str, Any]] | None:
-    """A message's ``tool_calls`` as a normal call reads them (``openai_surface._tool_calls``)."""
-    return [
-        {
-            "id": call.get("id"),
-            "type": "function",
-            "function": {
-                "name": (call.get("function") or {}).get("name"),
-                "arguments": (call.get("function") or {}).get("arguments") or "",
-            },
-        }
-        for call in calls or ()
-        if isinstance(call, dict) and call.get("function")
-    ] or None
-
-
-def _anthropic_tool_calls(content: Any) -> list[dict[str, Any]] | None:
-    """The ``tool_use`` blocks of a message as OpenAI tool calls (``anthropic_surface``)."""
-    return [
-        {
-            "id": block.get("id"),
-            "type": "function",
-            "function": {
-                "name": block.get("name"),
-                "arguments": json.dumps(block.get("input") or {}, separators=(",", ":"), ensure_ascii=False),
-            },
-        }
-        for block in content or ()
-        if block.get("type") == "tool_use"
-    ] or None
+    """A line's answer read as a normal call's is (``openai_surface.from_completion``: the first
+    choice, every choice of ``n > 1``, the tool calls)."""
+    return openai_surface.from_completion(ChatCompletion.construct(**body), "openai batch")
 
 
 def parse_anthropic_result(line: dict[str, Any]) -> LineResult:
@@ -248,25 +193,10 @@ def parse_anthropic_result(line: dict[str, Any]) -> LineResult:
     result = line.get("result") or {}
     kind = result.get("type")
     if kind == "succeeded":
-        message = result.get("message") or {}
-        usage = message.get("usage") or {}
-        cached = int(usage.get("cache_read_input_tokens") or 0)
-        written = int(usage.get("cache_creation_input_tokens") or 0)
-        content = message.get("content") or ()
-        text = "".join(b.get("text") or "" for b in content if b.get("type") == "text")
-        return LineResult(
-            custom_id,
-            response=ProviderResponse(
-                text=text,
-                finish_reason=normalise_stop_reason(message.get("stop_reason")),
-                prompt_tokens=int(usage.get("input_tokens") or 0) + cached + written,
-                completion_tokens=int(usage.get("output_tokens") or 0),
-                model=message.get("model"),
-                cached_tokens=cached,
-                cache_write_tokens=written,
-                tool_calls=_anthropic_tool_calls(content),
-            ),
-        )
+        # Read as a normal call's answer is: the provider's own reader, and its tool_use blocks.
+        answer = Message.construct(**{"content": [], "usage": _NO_USAGE, **(result.get("message") or {})})
+        response = replace(from_message(answer), tool_calls=anthropic_surface.tool_calls_of(answer))
+        return LineResult(custom_id, response=response)
     if kind in ("expired", "canceled"):
         return LineResult(custom_id, unfinished=str(kind))
     outer = result.get("error") or {}
